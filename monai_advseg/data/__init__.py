@@ -1,0 +1,57 @@
+"""Datalists (2D slice folders, NIfTI files, DICOM series folders) and input checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monai_advseg.data.checks import (
+    DicomSeriesInfo,
+    check_dicom_series,
+    check_finite,
+    check_geometry_match,
+    check_image_file,
+    check_nifti_file,
+    is_dicom_file,
+    is_nifti_file,
+)
+from monai_advseg.data.dicom import DicomSeriesReader, dicom_series_affine, find_dicom_series, load_dicom_series
+from monai_advseg.data.folders import (
+    check_datalist_files,
+    load_datalist_json,
+    paired_folder_datalist,
+    split_datalist,
+)
+
+__all__ = [
+    "DicomSeriesInfo",
+    "DicomSeriesReader",
+    "build_datalist",
+    "check_datalist_files",
+    "check_dicom_series",
+    "check_finite",
+    "check_geometry_match",
+    "check_image_file",
+    "check_nifti_file",
+    "dicom_series_affine",
+    "find_dicom_series",
+    "find_images",
+    "is_dicom_file",
+    "is_nifti_file",
+    "load_datalist_json",
+    "load_dicom_series",
+    "paired_folder_datalist",
+    "split_datalist",
+    "write_datalist_json",
+]
+
+# datalist.py is also run as ``python -m monai_advseg.data.datalist``; importing it here eagerly would make runpy warn
+# that the module is already in sys.modules, so its names are resolved on first access (PEP 562).
+_LAZY = {"build_datalist", "find_images", "write_datalist_json"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from monai_advseg.data import datalist
+
+        return getattr(datalist, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
