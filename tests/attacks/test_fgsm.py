@@ -1,0 +1,193 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
+
+from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, summed_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_small_unet()
+
+
+def _expected_sign(label: torch.Tensor) -> torch.Tensor:
+    # For logits (0, 2x) the cross-entropy falls as x rises where y = 1 and rises where y = 0.
+    return torch.where(label == 1, -1.0, 1.0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_fgsm_and_inverse_match_the_analytic_gradient_sign(spatial_dims):
+    network = linear_pixel_model(spatial_dims)
+    shape = (3, 1) + (5,) * spatial_dims
+    image = torch.rand(shape)
+    label = (torch.rand(shape) > 0.5).long()
+    sign = _expected_sign(label)
+    assert torch.allclose(fgsm(network, image, label, 0.1), image + 0.1 * sign)
+    assert torch.allclose(inverse_fgsm(network, image, label, 0.1), image - 0.1 * sign)
+    assert torch.allclose(fgsm(network, image, label, 0.1, targeted=True), image - 0.1 * sign)
+
+
+def test_one_hot_label_gives_the_same_attack_as_indices():
+    network = linear_pixel_model()
+    image, label = torch.rand(2, 1, 6, 6), (torch.rand(2, 1, 6, 6) > 0.5).long()
+    one_hot = torch.cat([1 - label, label], dim=1).float()
+    assert torch.equal(fgsm(network, image, label, 0.05), fgsm(network, image, one_hot, 0.05))
+
+
+def test_fgsm_pair_equals_the_two_single_attacks():
+    network = small_unet().eval()
+    image, label = disk_batch(2)
+    adversarial, inverse = fgsm_pair(network, image, label, 0.03, clip_range=(0, 1))
+    assert torch.equal(adversarial, fgsm(network, image, label, 0.03, clip_range=(0, 1)))
+    assert torch.equal(inverse, inverse_fgsm(network, image, label, 0.03, clip_range=(0, 1)))
+
+
+def test_fgsm_pair_computes_one_gradient():
+    network = small_unet()
+    calls = []
+    network.register_forward_hook(lambda *args: calls.append(1))
+    fgsm_pair(network, *disk_batch(2), 0.03)
+    assert len(calls) == 1
+
+
+def test_fgsm_raises_and_inverse_lowers_the_loss_of_a_trained_model(trained):
+    image, label = disk_batch(8, seed=7)
+    with torch.no_grad():
+        clean = summed_cross_entropy(trained(image), label)
+        adversarial, inverse = fgsm_pair(trained, image, label, 0.05, clip_range=(0, 1))
+        assert summed_cross_entropy(trained(adversarial), label) > 1.5 * clean
+        assert summed_cross_entropy(trained(inverse), label) < clean
+
+
+def test_per_sample_epsilon_scales_each_sample():
+    network = linear_pixel_model()
+    image, label = torch.rand(3, 1, 4, 4), (torch.rand(3, 1, 4, 4) > 0.5).long()
+    epsilon = torch.tensor([0.0, 0.1, 0.3])
+    result = fgsm(network, image, label, epsilon)
+    expected = image + epsilon.view(3, 1, 1, 1) * _expected_sign(label)
+    assert torch.allclose(result, expected)
+    assert torch.equal(result[0], image[0])
+
+
+def test_hounsfield_input_is_not_squashed_to_unit_range():
+    network = linear_pixel_model(slope=1e-3)
+    image = torch.empty(2, 1, 8, 8).uniform_(-1024, 3071)
+    label = (torch.rand(2, 1, 8, 8) > 0.5).long()
+    epsilon = 4095 / 255 * 8
+    result = fgsm(network, image, label, epsilon, clip_range=(-1024, 3071))
+    unclipped = image + epsilon * _expected_sign(label)
+    assert torch.allclose(result, unclipped.clamp(-1024, 3071))
+    assert result.min() < 0 and result.max() > 1000
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+    epsilon=st.floats(min_value=0.0, max_value=2.0),
+    lo=st.floats(min_value=-3.0, max_value=0.0),
+    width=st.floats(min_value=0.1, max_value=4.0),
+    seed=st.integers(min_value=0, max_value=10_000),
+)
+def test_results_stay_in_the_ball_and_the_clip_range(epsilon, lo, width, seed):
+    generator = torch.Generator().manual_seed(seed)
+    hi = lo + width
+    image = lo + width * torch.rand(2, 1, 8, 8, generator=generator)
+    label = (torch.rand(2, 1, 8, 8, generator=generator) > 0.5).long()
+    network = small_unet()
+    for result in (*fgsm_pair(network, image, label, epsilon, clip_range=(lo, hi)),):
+        assert bool(((result - image).abs() <= epsilon + 1e-6).all())
+        assert bool((result >= lo).all()) and bool((result <= hi).all())
+
+
+def test_epsilon_zero_returns_the_input_unchanged():
+    image = torch.rand(2, 1, 8, 8) * 5 - 2  # partly outside the clip range: still unchanged
+    label = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    for result in (*fgsm_pair(small_unet(), image, label, 0.0, clip_range=(0, 1)),):
+        assert torch.equal(result, image)
+        assert result.data_ptr() != image.data_ptr()
+
+
+def test_network_modes_and_parameter_grads_are_untouched():
+    network = small_unet().train()
+    network.model[0].eval()  # a mixed-mode network must come back mixed
+    modes = [m.training for m in network.modules()]
+    for p in network.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    state = {k: v.clone() for k, v in network.state_dict().items()}
+    fgsm(network, *disk_batch(2), 0.1)
+    assert [m.training for m in network.modules()] == modes
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in network.parameters())
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # BN running stats included
+
+
+def test_batch_norm_batch_mates_do_not_change_an_example():
+    network = small_unet().train()
+    image, label = disk_batch(4)
+    alone = fgsm(network, image[:1], label[:1], 0.1)
+    together = fgsm(network, image, label, 0.1)
+    assert torch.allclose(alone, together[:1], atol=1e-6)
+
+
+def test_works_under_no_grad_and_inference_mode():
+    network = small_unet()
+    image, label = disk_batch(2)
+    reference = fgsm(network, image, label, 0.1)
+    with torch.no_grad():
+        assert torch.equal(fgsm(network, image, label, 0.1), reference)
+    with torch.inference_mode():
+        inference_image, inference_label = image.clone(), label.clone()
+        result = fgsm(network, inference_image, inference_label, 0.1)
+    assert torch.equal(result, reference)
+    assert not result.requires_grad
+
+
+def test_custom_monai_loss_is_accepted():
+    from monai.losses import DiceCELoss
+
+    network = small_unet()
+    image, label = disk_batch(2)
+    result = fgsm(network, image, label, 0.1, loss_fn=DiceCELoss(to_onehot_y=True, softmax=True))
+    assert torch.allclose((result - image).abs(), torch.full_like(image, 0.1))
+
+
+def test_sigmoid_single_channel_network():
+    network = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        network.weight.fill_(2.0)
+        network.bias.zero_()
+    image, label = torch.rand(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).long()
+    assert torch.allclose(fgsm(network, image, label, 0.1), image + 0.1 * _expected_sign(label))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epsilon": -0.1}, "epsilon must be >= 0"),
+        ({"epsilon": float("nan")}, "epsilon must be finite"),
+        ({"epsilon": torch.tensor([0.1, 0.2, 0.3])}, r"epsilon must be a scalar or a \(2,\) tensor"),
+        ({"label": torch.zeros(2, 1, 8, 9, dtype=torch.long)}, "does not match image shape"),
+        ({"image": torch.full((2, 1, 8, 8), float("nan"))}, "NaN or Inf"),
+        ({"clip_range": (1.0, 0.0)}, "lo < hi"),
+        ({"clip_range": (0.0, 0.0)}, "lo < hi"),
+        ({"image": torch.zeros(8, 8)}, r"image must be \(B, C, \*spatial\)"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, message):
+    arguments = {
+        "image": torch.rand(2, 1, 8, 8),
+        "label": torch.zeros(2, 1, 8, 8, dtype=torch.long),
+        "epsilon": 0.1,
+        "clip_range": None,
+    }
+    arguments.update(kwargs)
+    epsilon = arguments.pop("epsilon")
+    for attack in (fgsm, inverse_fgsm, fgsm_pair):
+        with pytest.raises(ValueError, match=message):
+            attack(
+                linear_pixel_model(),
+                arguments["image"],
+                arguments["label"],
+                epsilon,
+                clip_range=arguments["clip_range"],
+            )

@@ -1,0 +1,138 @@
+import pytest
+import torch
+from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
+
+from monai_advseg.attacks import (
+    fgsm,
+    inverse_mask,
+    iterative_fgsm,
+    kurakin_steps,
+    levels_to_epsilon,
+    pgd,
+    segpgd,
+    segpgd_loss,
+    summed_cross_entropy,
+)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_small_unet()
+
+
+def test_one_step_iterative_fgsm_is_fgsm():
+    network = small_unet()
+    image, label = disk_batch(2)
+    assert torch.equal(iterative_fgsm(network, image, label, 0.1, alpha=0.1, steps=1), fgsm(network, image, label, 0.1))
+
+
+def test_iterative_fgsm_on_linear_model_saturates_at_epsilon():
+    image = torch.rand(2, 1, 5, 5)
+    label = (torch.rand(2, 1, 5, 5) > 0.5).long()
+    result = iterative_fgsm(linear_pixel_model(), image, label, 0.1, alpha=0.03, steps=10)
+    assert torch.allclose(result, image + 0.1 * torch.where(label == 1, -1.0, 1.0), atol=1e-6)
+
+
+def test_kurakin_schedule_counts_forward_passes():
+    network = small_unet()
+    calls = []
+    network.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    image, label = disk_batch(1)
+    iterative_fgsm(network, image, label, levels_to_epsilon(8, (0, 1)), alpha=1 / 255)
+    assert len(calls) == kurakin_steps(8) == 10
+
+
+def test_targeted_attack_moves_towards_the_inverse_mask(trained):
+    image, label = disk_batch(4, seed=3)
+    target = inverse_mask(label, 2)
+    epsilon = levels_to_epsilon(16, (0, 1))
+    adversarial = iterative_fgsm(trained, image, target, epsilon, alpha=1 / 255, targeted=True, clip_range=(0, 1))
+    with torch.no_grad():
+        assert summed_cross_entropy(trained(adversarial), target) < summed_cross_entropy(trained(image), target)
+        clean_agreement = (trained(image).argmax(1, keepdim=True) == label).float().mean()
+        attacked_agreement = (trained(adversarial).argmax(1, keepdim=True) == label).float().mean()
+    assert attacked_agreement < clean_agreement
+
+
+def test_batched_strengths_equal_separate_runs_bit_for_bit(trained):
+    image, label = disk_batch(3, seed=5)
+    target = inverse_mask(label, 2)
+    levels = [0.5, 4.0, 12.0]
+    epsilon = torch.tensor(levels_to_epsilon(levels, (0, 1)))
+    batched = iterative_fgsm(trained, image, target, epsilon, alpha=1 / 255, targeted=True, clip_range=(0, 1))
+    for i, eps in enumerate(epsilon.tolist()):
+        alone = iterative_fgsm(
+            trained, image[i : i + 1], target[i : i + 1], eps, alpha=1 / 255, targeted=True, clip_range=(0, 1)
+        )
+        assert torch.equal(batched[i : i + 1], alone)
+
+
+def test_per_sample_steps_and_active_set_compaction():
+    network = small_unet()
+    sizes = []
+    network.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    image, label = disk_batch(3)
+    iterative_fgsm(network, image, label, 0.1, alpha=0.01, steps=torch.tensor([1, 3, 0]))
+    assert sizes == [2, 1, 1]
+
+
+@pytest.mark.parametrize("spatial_dims", [3])
+def test_three_dimensional_attack_stays_in_the_ball(spatial_dims):
+    network = small_unet(spatial_dims)
+    image, label = disk_batch(1, size=16, spatial_dims=3)
+    for result in (
+        iterative_fgsm(network, image, label, 0.05, alpha=0.01, clip_range=(0, 1)),
+        pgd(network, image, label, 0.05, alpha=0.01, steps=3, generator=torch.Generator().manual_seed(1)),
+    ):
+        assert result.shape == image.shape
+        assert float((result - image).abs().max()) <= 0.05 + 1e-6
+
+
+def test_pgd_is_deterministic_with_a_generator_and_random_without_equal_seeds():
+    network = small_unet()
+    image, label = disk_batch(2)
+
+    def run(seed):
+        return pgd(network, image, label, 0.05, alpha=0.01, steps=2, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+    no_start = pgd(network, image, label, 0.05, alpha=0.01, steps=2, random_start=False)
+    assert torch.equal(no_start, iterative_fgsm(network, image, label, 0.05, alpha=0.01, steps=2))
+
+
+def test_pgd_epsilon_zero_returns_input_even_with_random_start():
+    image, label = disk_batch(2)
+    result = pgd(small_unet(), image, label, torch.tensor([0.0, 0.1]), alpha=0.01, steps=2)
+    assert torch.equal(result[0], image[0])
+    assert not torch.equal(result[1], image[1])
+
+
+def test_segpgd_loss_weights_correct_and_wrong_voxels():
+    logits = torch.tensor([[[[2.0, 1.0]], [[0.0, 0.0]]]], dtype=torch.float64)  # predicts class 0 at both voxels
+    label = torch.tensor([[[[0, 1]]]])
+    per_voxel = torch.nn.functional.cross_entropy(logits, label[:, 0], reduction="none").flatten()
+    lam = torch.tensor([0.25], dtype=torch.float64)
+    expected = 0.75 * per_voxel[0] + 0.25 * per_voxel[1]
+    assert torch.allclose(segpgd_loss(logits, label, lam), expected)
+
+
+def test_segpgd_is_at_least_as_strong_as_its_first_step(trained):
+    image, label = disk_batch(4, seed=9)
+    generator = torch.Generator().manual_seed(0)
+    result = segpgd(trained, image, label, 0.06, alpha=0.01, steps=8, generator=generator, clip_range=(0, 1))
+    assert float((result - image).abs().max()) <= 0.06 + 1e-6
+    with torch.no_grad():
+        assert summed_cross_entropy(trained(result), label) > summed_cross_entropy(trained(image), label)
+
+
+def test_iterative_bad_inputs():
+    network, image, label = linear_pixel_model(), torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        iterative_fgsm(network, image, label, 0.1, alpha=-0.01)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        iterative_fgsm(network, image, label, 0.1, alpha=0.0)
+    with pytest.raises(ValueError, match="steps must be"):
+        iterative_fgsm(network, image, label, 0.1, alpha=0.01, steps=-1)
+    with pytest.raises(ValueError, match="steps must be"):
+        pgd(network, image, label, 0.1, alpha=0.01, steps=torch.tensor([1, 2, 3]))
