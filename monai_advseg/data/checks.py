@@ -236,7 +236,8 @@ def check_dicom_series(folder: str | os.PathLike, min_slices: int = 2) -> DicomS
         if sop.startswith(_NON_IMAGE_SOP_PREFIXES) or "PixelData" not in ds:
             raise ValueError(
                 f"{p}: not an image slice (SOP class {_sop_class_name(sop)}"
-                f"{', no pixel data' if 'PixelData' not in ds else ''}); remove it from the series folder"
+                f"{', no pixel data' if 'PixelData' not in ds else ''}); remove it from the series folder "
+                "(or replace it if it is a truncated image slice)"
             )
         missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns") if t not in ds]
         if missing:

@@ -70,6 +70,23 @@ def dicom_series_affine(info: DicomSeriesInfo) -> np.ndarray:
     return orientation_ras_lps(lps)
 
 
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[-1].strip() if text else type(error).__name__
+
+
+def _find_undecodable(info: DicomSeriesInfo) -> Path:
+    """Return the first slice SimpleITK cannot decode on its own (the series error does not name it)."""
+    import SimpleITK as sitk
+
+    for f in info.files:
+        try:
+            sitk.ReadImage(str(f))
+        except RuntimeError:
+            return f
+    return info.folder
+
+
 def _read_series(info: DicomSeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
     import SimpleITK as sitk
 
@@ -80,8 +97,7 @@ def _read_series(info: DicomSeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{info.folder}: cannot decode the DICOM pixel data ({reason})") from e
+        raise ValueError(f"{_find_undecodable(info)}: cannot decode the DICOM pixel data ({_reason(e)})") from e
     # SimpleITK gives (slice, row, column); MONAI's readers use (column, row, slice)
     array = np.ascontiguousarray(np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0)))
     affine = dicom_series_affine(info)
