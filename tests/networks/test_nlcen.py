@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DeepSupervisionLoss
+from monai.networks.nets import ResNetFeatures
+
+from monai_advseg.networks.nets import NLCEN
+
+
+def test_2d_training_list_and_eval_tensor():
+    net = NLCEN(spatial_dims=2, in_channels=3, out_channels=4)
+    x = torch.randn(2, 3, 64, 96)
+    outs = net.train()(x)
+    assert isinstance(outs, list) and len(outs) == 5
+    assert all(o.shape == (2, 4, 64, 96) for o in outs)
+    out = net.eval()(x)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, net.forward_all(x)[0])
+
+
+def test_3d_shapes():
+    net = NLCEN(spatial_dims=3, in_channels=1, out_channels=2)
+    outs = net(torch.randn(2, 1, 32, 32, 32))
+    assert [o.shape for o in outs] == [(2, 2, 32, 32, 32)] * 5
+    assert net.eval()(torch.randn(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
+
+
+def test_pyramid_channels_follow_backbone():
+    net = NLCEN(spatial_dims=2, backbone="resnet50").eval()
+    pyr = net.pyramid(torch.randn(1, 1, 64, 64))
+    assert [p.shape[1] for p in pyr] == [256, 512, 1024, 2048]
+    assert [p.shape[2] for p in pyr] == [16, 8, 4, 2]
+
+
+def test_backbone_matches_monai_and_passes_shortcut_gradient():
+    net = NLCEN(spatial_dims=2, backbone="resnet18").eval()
+    ref = ResNetFeatures("resnet18", pretrained=False, spatial_dims=2, in_channels=1).eval()
+    ref.load_state_dict(net.backbone.state_dict())
+    x = torch.randn(1, 1, 64, 64, requires_grad=True)
+    for f, f_ref in zip(net.backbone(x), ref(x), strict=True):
+        torch.testing.assert_close(f, f_ref)
+    # MONAI's type-A shortcut concatenates ``out.data``; ours must carry the gradient through the shortcut.
+    block = net.backbone.layer2[0]
+    z = torch.randn(1, 64, 8, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(block.downsample(z).sum(), z)
+    assert g[:, :, ::2, ::2].eq(1).all() and g.sum() == 64 * 16
+
+
+def test_deep_supervision_loss_equals_paper_formula():
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss(inp, target):
+        return ce(inp, target[:, 0].long())
+
+    ds = DeepSupervisionLoss(loss, weights=[0.25] * 5)
+    net = NLCEN(spatial_dims=2, out_channels=3)
+    x = torch.randn(2, 1, 32, 32)
+    y = torch.randint(0, 3, (2, 1, 32, 32))
+    refined, *coarse = net(x)
+    expected = 0.25 * sum(loss(g, y) for g in coarse) + 0.25 * loss(refined, y)
+    torch.testing.assert_close(ds([refined, *coarse], y), expected)
+    # A four-entry list would silently switch to weight_mode="exp": check this trap is still there.
+    assert DeepSupervisionLoss(loss, weights=[0.25] * 4).get_weights(5) == [1.0, 0.5, 0.25, 0.125, 0.0625]
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        NLCEN(spatial_dims=1)
+    with pytest.raises(ValueError):
+        NLCEN(backbone="vgg16")
