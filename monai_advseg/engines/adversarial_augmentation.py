@@ -1,0 +1,174 @@
+"""Online adversarial data augmentation (FGSM / inverse FGSM copies of every training batch) in a MONAI trainer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_advseg.attacks import fgsm_pair, signed_step
+from monai_advseg.attacks.validation import check_clip_range
+
+__all__ = ["AUGMENTATIONS", "AdversarialAugmentationTrainer"]
+
+#: Augmentation name -> direction of the signed step (+1 ascends the loss, -1 descends it).
+AUGMENTATIONS: dict[str, int] = {"fgsm": 1, "inverse_fgsm": -1}
+
+
+def parse_augmentations(augmentations: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise an augmentation choice: a name, a list of names, ``"both"`` or ``"none"``.
+
+    Raises:
+        ValueError: on an unknown name or a repeated one.
+    """
+    if isinstance(augmentations, str):
+        names = {"none": (), "both": ("fgsm", "inverse_fgsm")}.get(augmentations, (augmentations,))
+    else:
+        names = tuple(augmentations)
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {sorted(AUGMENTATIONS)}, 'both' or 'none'")
+    if len(set(names)) != len(names):
+        raise ValueError(f"augmentations must not repeat a name, got {list(names)}")
+    return names
+
+
+class AdversarialAugmentationTrainer(SupervisedTrainer):
+    """A :class:`monai.engines.SupervisedTrainer` that also trains on FGSM and/or inverse-FGSM copies of each batch.
+
+    Per iteration: the clean batch's forward/backward, then each copy's own forward/backward, then one optimizer step.
+    The objective is the weighted mean ``(L_clean + sum_k w_k L_k) / (1 + sum_k w_k)``, which with unit weights equals
+    training on the union of the clean and the adversarial images (the paper's offline procedure, done online).
+
+    With ``reuse_gradient=True`` (default) the input gradient that makes the copies comes from the clean batch's own
+    backward pass (the one that also gives the weight gradients), so both copies cost no extra pass: the gradient is
+    that of the training loss with the network in training mode. With ``reuse_gradient=False`` the copies come from a
+    separate attack (:func:`monai_advseg.attacks.fgsm_pair`) with the network in eval mode and ``attack_loss_fn``.
+    Either way batch-norm running statistics are updated by the clean and the copy passes only, never by an attack.
+
+    AMP: ``amp=True`` autocasts on the engine's device type (float16 + ``GradScaler`` on CUDA, bfloat16 without a
+    scaler on CPU). Events: FORWARD_COMPLETED and LOSS_COMPLETED fire for the clean pass, BACKWARD_COMPLETED once all
+    passes are done, MODEL_COMPLETED after the step. ``engine.state.output`` holds ``image``, ``label``, ``pred``
+    (clean), ``loss`` (the objective) and ``loss_clean``, ``loss_fgsm``, ``loss_inverse_fgsm`` (each unweighted).
+
+    Args:
+        augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"both"``, ``"none"`` or a list of names.
+        epsilon: strength in input units (0.1 on [0, 1] inputs in the paper).
+        clip_range: valid intensity range ``(lo, hi)`` or None.
+        loss_weights: weight per augmentation name (default 1.0 each).
+        reuse_gradient: take the input gradient from the clean backward pass (see above).
+        attack_loss_fn: loss of the separate attack when ``reuse_gradient=False`` (default summed cross-entropy).
+        All other arguments are :class:`monai.engines.SupervisedTrainer`'s.
+
+    Raises:
+        ValueError: on unknown augmentation names, negative epsilon, bad ``clip_range`` or weights.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        augmentations: str | Sequence[str] = "both",
+        epsilon: float = 0.1,
+        clip_range: Sequence[float] | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        reuse_gradient: bool = True,
+        attack_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.augmentations = parse_augmentations(augmentations)
+        if not float(epsilon) >= 0:
+            raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.clip_range = check_clip_range(clip_range)
+        weights = dict(loss_weights or {})
+        unknown = set(weights) - set(self.augmentations)
+        if unknown:
+            raise ValueError(f"loss_weights names {sorted(unknown)} not in augmentations {list(self.augmentations)}")
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.augmentations}
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss_weights must be >= 0, got {self.loss_weights}")
+        self.reuse_gradient = reuse_gradient
+        self.attack_loss_fn = attack_loss_fn
+        super().__init__(*args, **kwargs)
+        device = torch.device(self.state.device) if self.state.device is not None else torch.device("cpu")
+        self.amp_device_type = device.type
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train. Unlike MONAI's CUDA-only scaler set-up, AMP here follows the device: a float16 ``GradScaler`` on
+        CUDA, and no scaler for bfloat16 autocast on CPU."""
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_device_type == "cuda" else None
+        Workflow.run(self)
+
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        kwargs = dict(self.amp_kwargs)
+        kwargs.setdefault("dtype", torch.float16 if self.amp_device_type == "cuda" else torch.bfloat16)
+        return torch.autocast(self.amp_device_type, **kwargs)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def _copies(self, inputs: torch.Tensor, targets: torch.Tensor, gradient: torch.Tensor | None):
+        if gradient is not None:
+            # Non-finite entries only appear when an fp16 pass overflowed; the scaler then skips the step anyway.
+            gradient = torch.nan_to_num(gradient, nan=0.0, posinf=0.0, neginf=0.0)
+            return {
+                name: signed_step(inputs, gradient, AUGMENTATIONS[name] * self.epsilon, clip_range=self.clip_range)
+                for name in self.augmentations
+            }
+        adversarial, inverse = fgsm_pair(
+            self.network, inputs, targets, self.epsilon, loss_fn=self.attack_loss_fn, clip_range=self.clip_range
+        )
+        return {name: {"fgsm": adversarial, "inverse_fgsm": inverse}[name] for name in self.augmentations}
+
+    def _iteration(self, engine: AdversarialAugmentationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[:2]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        plain_inputs = inputs.as_subclass(torch.Tensor).detach()
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        weight_total = 1.0 + sum(engine.loss_weights.values())
+        reuse = engine.reuse_gradient and bool(engine.augmentations)
+
+        copies = None if reuse or not engine.augmentations else engine._copies(plain_inputs, targets, None)
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        clean_inputs = plain_inputs.clone().requires_grad_(True) if reuse else inputs
+        with engine._autocast():
+            engine.state.output[Keys.PRED] = engine.inferer(clean_inputs, engine.network, *args, **kwargs)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            clean_loss = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
+        engine.state.output["loss_clean"] = clean_loss.detach()
+        engine.state.output[Keys.LOSS] = clean_loss.detach() / weight_total
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        engine._backward(clean_loss / weight_total)
+        if reuse:
+            copies = engine._copies(plain_inputs, targets, clean_inputs.grad)
+
+        for name, image in (copies or {}).items():
+            with engine._autocast():
+                copy_loss = engine.loss_function(engine.inferer(image, engine.network, *args, **kwargs), targets).mean()
+            engine.state.output[f"loss_{name}"] = copy_loss.detach()
+            engine.state.output[Keys.LOSS] = engine.state.output[Keys.LOSS] + (
+                engine.loss_weights[name] * copy_loss.detach() / weight_total
+            )
+            engine._backward(engine.loss_weights[name] * copy_loss / weight_total)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+        if engine.scaler is not None:
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,136 @@
+import copy
+import math
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines.utils import IterationEvents
+from tiny_models import disk_batch, small_unet
+
+from monai_advseg.attacks import signed_step
+from monai_advseg.engines import AdversarialAugmentationTrainer
+
+
+def _loader(batch: int = 4) -> DataLoader:
+    images, labels = disk_batch(batch, seed=2)
+    data = [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+    return DataLoader(Dataset(data), batch_size=batch, shuffle=False)
+
+
+def _trainer(network, **kwargs) -> AdversarialAugmentationTrainer:
+    loss = torch.nn.CrossEntropyLoss()
+    return AdversarialAugmentationTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=_loader(),
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.01),
+        loss_function=lambda pred, label: loss(pred, label[:, 0].long()),
+        **kwargs,
+    )
+
+
+def _record_calls(network):
+    inputs, backward = [], []
+
+    def hook(module, args, output):
+        inputs.append(args[0].detach().clone())
+        if output.requires_grad:
+            output.register_hook(lambda grad: backward.append(1))
+
+    network.register_forward_hook(hook)
+    return inputs, backward
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_one_iteration_trains_on_clean_and_both_copies(reuse):
+    network = small_unet()
+    before = copy.deepcopy(network.state_dict())
+    trainer = _trainer(network, augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse)
+    inputs, backward = _record_calls(network)
+    trainer.run()
+    output = trainer.state.output[0]  # decollated per sample; the losses are copied to each
+    # one forward per pass: the separate attack adds one forward and one input-only backward
+    assert len(inputs) == (3 if reuse else 4)
+    assert len(backward) == len(inputs)
+    assert {"loss_clean", "loss_fgsm", "loss_inverse_fgsm"} <= set(output)
+    expected = (output["loss_clean"] + output["loss_fgsm"] + output["loss_inverse_fgsm"]) / 3
+    assert output["loss"] == pytest.approx(expected, rel=1e-5)
+    assert output["loss_fgsm"] > output["loss_clean"] > output["loss_inverse_fgsm"]
+    changed = [not torch.equal(before[k], v) for k, v in network.state_dict().items() if k.endswith("weight")]
+    assert all(changed)
+    # batch norm counts the clean pass and the two copies, never the attack pass
+    tracked = [v for k, v in network.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert all(int(v) == 3 for v in tracked)
+
+
+def test_reused_gradient_copies_are_the_signed_training_loss_gradient():
+    network = small_unet()
+    reference = copy.deepcopy(network).train()
+    images, labels = disk_batch(4, seed=2)
+    x = images.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(reference(x), labels[:, 0]).backward()
+    trainer = _trainer(network, augmentations=("fgsm", "inverse_fgsm"), epsilon=0.05, clip_range=(0, 1))
+    inputs, _ = _record_calls(network)
+    trainer.run()
+    assert torch.equal(inputs[1], signed_step(images, x.grad, 0.05, clip_range=(0, 1)))
+    assert torch.equal(inputs[2], signed_step(images, x.grad, -0.05, clip_range=(0, 1)))
+
+
+def test_loss_weights_and_a_single_augmentation():
+    network = small_unet()
+    trainer = _trainer(network, augmentations="inverse_fgsm", epsilon=0.05, loss_weights={"inverse_fgsm": 0.5})
+    inputs, _ = _record_calls(network)
+    trainer.run()
+    output = trainer.state.output[0]  # decollated per sample; the losses are copied to each
+    assert len(inputs) == 2 and "loss_fgsm" not in output
+    assert output["loss"] == pytest.approx((output["loss_clean"] + 0.5 * output["loss_inverse_fgsm"]) / 1.5, rel=1e-5)
+
+
+def test_no_augmentation_is_plain_supervised_training():
+    torch.manual_seed(0)
+    ours = small_unet()
+    theirs = copy.deepcopy(ours)
+    _trainer(ours, augmentations="none").run()
+    from monai.engines import SupervisedTrainer
+
+    loss = torch.nn.CrossEntropyLoss()
+    SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=_loader(),
+        network=theirs,
+        optimizer=torch.optim.SGD(theirs.parameters(), lr=0.01),
+        loss_function=lambda pred, label: loss(pred, label[:, 0].long()),
+    ).run()
+    for key, value in ours.state_dict().items():
+        assert torch.allclose(value.float(), theirs.state_dict()[key].float(), atol=1e-6), key
+
+
+def test_events_fire_and_amp_runs_on_cpu_in_bfloat16():
+    network = small_unet()
+    trainer = _trainer(network, augmentations="both", epsilon=0.05, amp=True)
+    fired, dtypes = [], []
+    trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: dtypes.append(e.state.output["pred"].dtype))
+    for event in (IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        trainer.add_event_handler(event, lambda e, name=event.name: fired.append(name))
+    trainer.run()
+    assert fired == ["LOSS_COMPLETED", "BACKWARD_COMPLETED", "MODEL_COMPLETED"]
+    assert dtypes == [torch.bfloat16]
+    assert math.isfinite(trainer.state.output[0]["loss"])
+    assert trainer.scaler is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"augmentations": "fgsm_plus"}, "unknown augmentation"),
+        ({"augmentations": ["fgsm", "fgsm"]}, "must not repeat"),
+        ({"epsilon": -0.1}, "epsilon must be a number >= 0"),
+        ({"clip_range": (1, 0)}, "lo < hi"),
+        ({"augmentations": "fgsm", "loss_weights": {"inverse_fgsm": 1.0}}, "not in augmentations"),
+    ],
+)
+def test_bad_configuration_fails_before_training(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _trainer(small_unet(), **kwargs)
