@@ -1,0 +1,281 @@
+"""Report writers of the robustness sweep: CSV, JSON and a Dice / Jaccard vs epsilon figure.
+
+Every file is written to a temporary name in the target folder and renamed into place, so an interrupted run never
+leaves a half-written report that looks complete. Existing reports are only replaced with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "REPORT_FILES",
+    "RobustnessReportWriter",
+    "check_report_dir",
+    "load_robustness_report",
+    "plot_robustness",
+    "require_matplotlib",
+    "write_robustness_reports",
+]
+
+#: The files one sweep writes into its report folder.
+REPORT_FILES: tuple[str, ...] = ("robustness.csv", "robustness_cases.csv", "robustness.json", "robustness.png")
+
+SUMMARY_COLUMNS = (
+    "setting",
+    "eps_levels",
+    "eps",
+    "steps",
+    "mean_dice",
+    "std_dice",
+    "mean_jaccard",
+    "std_jaccard",
+    "n_cases",
+    "seconds",
+)
+CASE_COLUMNS = ("case", "eps_levels", "eps", "dice", "jaccard")
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib with the non-interactive Agg backend.
+
+    Returns:
+        ``matplotlib.pyplot``.
+
+    Raises:
+        ImportError: naming the ``plot`` extra when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(
+            "robustness figures need matplotlib: pip install 'monai_advseg[plot]' (or pip install matplotlib), "
+            "or pass plot=False"
+        ) from error
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def check_report_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to reuse a folder that already holds a robustness report, unless ``overwrite``.
+
+    Other files in the folder (logs, predictions) are left alone and do not count.
+
+    Returns:
+        The folder as a ``Path``.
+
+    Raises:
+        FileExistsError: naming the existing report files.
+        NotADirectoryError: when ``output_dir`` is a file.
+    """
+    folder = Path(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"report folder {folder} exists and is not a directory")
+    existing = [str(folder / name) for name in REPORT_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"report folder {folder} already holds a robustness report ({', '.join(existing)}); "
+            "choose another output_dir or pass overwrite=True"
+        )
+    return folder
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        # mkstemp creates the file private (0600); a report should get the permissions of any new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _csv_bytes(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN is not JSON: cases without a score become null so that strict parsers read the report.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value
+    return str(value)
+
+
+def load_robustness_report(path: str | Path) -> dict[str, Any]:
+    """Read a ``robustness.json`` written by :func:`write_robustness_reports`.
+
+    Raises:
+        ValueError: when the file is not a robustness report.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as stream:
+        report = json.load(stream)
+    if (
+        not isinstance(report, dict)
+        or "metrics" not in report
+        or not str(report.get("format", "")).startswith("monai_advseg.robustness/")
+    ):
+        raise ValueError(f"{path} is not a monai_advseg robustness report (robustness.json)")
+    return report
+
+
+def _curve(report: dict[str, Any], metric: str) -> tuple[float | None, list[float], list[float]]:
+    clean = None
+    levels, values = [], []
+    for row in report["metrics"]:
+        value = row[f"mean_{metric}"]
+        value = float("nan") if value is None else float(value)
+        if row["setting"] == "clean":
+            clean = value
+        else:
+            levels.append(float(row["eps_levels"]))
+            values.append(value)
+    return clean, levels, values
+
+
+def plot_robustness(
+    reports: Sequence[dict[str, Any]],
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Dice and Jaccard vs epsilon (0..255 levels) for one or several sweeps, clean scores as dashed lines.
+
+    Args:
+        reports: robustness results (``RobustnessEvaluator.results`` or loaded ``robustness.json``).
+        path: the PNG to write (atomically).
+        labels: one legend entry per report (default: the network name and attack of each).
+        title: figure title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: when ``labels`` does not match ``reports`` or there is nothing to plot.
+        ImportError: when matplotlib is missing.
+    """
+    if not reports:
+        raise ValueError("plot_robustness needs at least one report")
+    if labels is None:
+        labels = [
+            f"{r.get('config', {}).get('network', 'model')} ({r.get('attack', {}).get('name', '?')})" for r in reports
+        ]
+    if len(labels) != len(reports):
+        raise ValueError(f"got {len(labels)} labels for {len(reports)} reports")
+    plt = require_matplotlib()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (report, label) in enumerate(zip(reports, labels, strict=True)):
+        colour = colours[index % len(colours)]
+        for axis, metric in zip(axes, ("dice", "jaccard"), strict=True):
+            clean, levels, values = _curve(report, metric)
+            axis.plot(levels, values, marker="o", markersize=3, color=colour, label=label)
+            if clean is not None and math.isfinite(clean):
+                axis.axhline(clean, color=colour, linestyle="--", linewidth=1, label=f"{label} clean")
+    for axis, name in zip(axes, ("Dice", "Jaccard"), strict=True):
+        axis.set_xlabel("epsilon (0..255 levels)")
+        axis.set_ylabel(name)
+        axis.set_ylim(0, 1.02)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+def write_robustness_reports(
+    results: dict[str, Any], output_dir: str | Path, overwrite: bool = False, plot: bool = True
+) -> dict[str, Path]:
+    """Write ``robustness.csv``, ``robustness_cases.csv``, ``robustness.json`` and (``plot``) ``robustness.png``.
+
+    Args:
+        results: ``RobustnessEvaluator.results``.
+        output_dir: report folder (created if missing).
+        overwrite: replace an existing report in that folder.
+        plot: also write the figure (needs matplotlib).
+
+    Returns:
+        ``{file name: path}`` of the written files.
+
+    Raises:
+        FileExistsError: when the folder holds a report and ``overwrite`` is False.
+    """
+    folder = check_report_dir(output_dir, overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, data in (
+        ("robustness.csv", _csv_bytes(results["metrics"], SUMMARY_COLUMNS)),
+        ("robustness_cases.csv", _csv_bytes(results.get("cases", []), CASE_COLUMNS)),
+        ("robustness.json", json.dumps(_json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
+    ):
+        _atomic_write(folder / name, data)
+        written[name] = folder / name
+    if plot:
+        title = f"{results.get('config', {}).get('network', '')} under {results.get('attack', {}).get('name', '')}"
+        written["robustness.png"] = plot_robustness([results], folder / "robustness.png", labels=["model"], title=title)
+    return written
+
+
+class RobustnessReportWriter:
+    """Ignite handler writing the sweep's reports when the evaluation epoch completes (rank 0 only).
+
+    Reads ``engine.state.robustness``, which :class:`~monai_advseg.engines.RobustnessEvaluator` fills at
+    ``EPOCH_COMPLETED`` before this handler runs.
+
+    Args:
+        output_dir: report folder.
+        overwrite: replace an existing report.
+        plot: also write ``robustness.png``.
+    """
+
+    def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.plot = plot
+        self.paths: dict[str, Path] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        results = getattr(engine.state, "robustness", None)
+        if results is None:
+            raise RuntimeError("RobustnessReportWriter: engine.state.robustness is missing; attach it to a sweep")
+        if getattr(engine.state, "rank", 0) != 0:
+            return
+        self.paths = write_robustness_reports(results, self.output_dir, overwrite=self.overwrite, plot=self.plot)

@@ -1,0 +1,77 @@
+"""Command line for robustness reports: overlay the Dice / Jaccard vs epsilon curves of several models.
+
+Usage::
+
+    python -m monai_advseg.report compare unet/robustness.json nlcen/robustness.json -o figure.png \\
+        --labels "U-Net" "NLCEN" --title "JSRT lungs, targeted I-FGSM"
+
+Each JSON is a ``robustness.json`` written by :class:`monai_advseg.engines.RobustnessEvaluator`; the figure shows one
+curve per model with its clean score as a dashed line of the same colour (the NLCE paper's figures 4, 5 and 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monai_advseg.handlers.robustness_report import load_robustness_report, plot_robustness
+
+__all__ = ["compare", "main"]
+
+
+def compare(
+    reports: Sequence[str | Path],
+    output: str | Path,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Plot several ``robustness.json`` reports into one PNG.
+
+    Args:
+        reports: paths of ``robustness.json`` files.
+        output: the PNG to write.
+        labels: legend entries, one per report (default: the parent folder name of each file).
+        title: figure title.
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        FileExistsError: when ``output`` exists and ``overwrite`` is False.
+        ValueError: on a file that is not a robustness report or a label count that does not match.
+    """
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+    loaded = [load_robustness_report(path) for path in reports]
+    if labels is None:
+        labels = [Path(path).resolve().parent.name or str(path) for path in reports]
+    return plot_robustness(loaded, output, labels=list(labels), title=title)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m monai_advseg.report``."""
+    parser = argparse.ArgumentParser(prog="python -m monai_advseg.report", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    cmp = commands.add_parser("compare", help="overlay the robustness curves of several models in one PNG")
+    cmp.add_argument("reports", nargs="+", type=Path, help="robustness.json files")
+    cmp.add_argument("-o", "--output", required=True, type=Path, help="the PNG to write")
+    cmp.add_argument("--labels", nargs="+", help="one legend entry per report (default: each file's folder name)")
+    cmp.add_argument("--title", help="figure title")
+    cmp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args(argv)
+    try:
+        path = compare(args.reports, args.output, labels=args.labels, title=args.title, overwrite=args.overwrite)
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
