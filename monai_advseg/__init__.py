@@ -5,3 +5,15 @@ Subpackages: ``attacks`` (the pure-torch attack core), ``transforms``, ``network
 """
 
 __version__ = "0.1.0"
+
+import importlib
+from typing import Any
+
+_SUBPACKAGES = ("attacks", "data", "engines", "handlers", "networks", "transforms")
+
+
+def __getattr__(name: str) -> Any:
+    # Bundle expressions such as "$monai_advseg.data.split_datalist(...)" only ``import monai_advseg``.
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,11 +14,18 @@ from monai.utils.enums import CommonKeys as Keys
 
 from monai_advseg.attacks import fgsm_pair, signed_step
 from monai_advseg.attacks.validation import check_clip_range
+from monai_advseg.engines.flags import as_flag
 
-__all__ = ["AUGMENTATIONS", "AdversarialAugmentationTrainer"]
+__all__ = ["AUGMENTATIONS", "AdversarialAugmentationTrainer", "online_augmentations", "parse_augmentations"]
 
 #: Augmentation name -> direction of the signed step (+1 ascends the loss, -1 descends it).
 AUGMENTATIONS: dict[str, int] = {"fgsm": 1, "inverse_fgsm": -1}
+
+
+def online_augmentations(augmentation: str | Sequence[str], online: bool | str) -> tuple[str, ...]:
+    """The augmentations the trainer makes itself: all of them when ``online``, none when the copies come from disk."""
+    names = parse_augmentations(augmentation)
+    return names if as_flag(online, "online") else ()
 
 
 def parse_augmentations(augmentations: str | Sequence[str]) -> tuple[str, ...]:
@@ -93,7 +100,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.augmentations}
         if any(w < 0 for w in self.loss_weights.values()):
             raise ValueError(f"loss_weights must be >= 0, got {self.loss_weights}")
-        self.reuse_gradient = reuse_gradient
+        self.reuse_gradient = as_flag(reuse_gradient, "reuse_gradient")
         self.attack_loss_fn = attack_loss_fn
         super().__init__(*args, **kwargs)
         device = torch.device(self.state.device) if self.state.device is not None else torch.device("cpu")
