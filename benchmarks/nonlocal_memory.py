@@ -36,7 +36,7 @@ def naive_attention(block, x):
 
 def textbook_encoding(enc, x):
     z = enc.reduce(x)
-    z = z.reshape(z.shape[0], enc.encoding_channels, -1).transpose(1, 2)
+    z = z.reshape(z.shape[0], enc.encoding_channels, -1).transpose(1, 2)  # (B, N, C')
     r = z.unsqueeze(2) - enc.codewords  # B x N x K x C'
     a = torch.softmax(-enc.smoothing * (r * r).sum(-1), dim=-1)
     e = (a.unsqueeze(-1) * r).sum(1)

@@ -7,15 +7,15 @@ from monai_advseg.networks.blocks import ContextEncoding, encode_residuals
 
 
 def textbook_residuals(x, codewords, smoothing):
-    """``e_k = sum_i a_ik r_ik`` with the explicit B x N x K x C residual tensor."""
-    r = x.unsqueeze(2) - codewords  # (B, N, K, C)
+    """``e_k = sum_i a_ik r_ik`` with the explicit B x N x K x C residual tensor; ``x`` is (B, C, N)."""
+    r = x.transpose(1, 2).unsqueeze(2) - codewords  # (B, N, K, C)
     a = torch.softmax(-smoothing * (r * r).sum(-1), dim=-1)  # (B, N, K)
     return (a.unsqueeze(-1) * r).sum(1)
 
 
 @pytest.mark.parametrize("b,n,k,c", [(1, 7, 3, 5), (3, 20, 8, 4)])
 def test_compact_residuals_match_textbook_forward_and_gradients(b, n, k, c):
-    x = torch.randn(b, n, c, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(b, c, n, dtype=torch.float64, requires_grad=True)
     d = torch.randn(k, c, dtype=torch.float64, requires_grad=True)
     s = torch.rand(k, dtype=torch.float64, requires_grad=True)
     out = encode_residuals(x, d, s)
@@ -33,7 +33,7 @@ def test_module_matches_textbook_gamma_with_gradients():
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64, requires_grad=True)
 
     def textbook(x):
-        z = enc.reduce(x).flatten(2).transpose(1, 2)
+        z = enc.reduce(x).flatten(2)
         e = textbook_residuals(z, enc.codewords, enc.smoothing)
         return torch.sigmoid(enc.fc(torch.relu(enc.codeword_norm(e)).sum(1)))
 

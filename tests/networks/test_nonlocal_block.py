@@ -60,3 +60,16 @@ def test_default_bottleneck_and_odd_sizes():
     assert block.inter_channels == 5
     x = torch.randn(1, 10, 1, 3, 5)
     assert block(x).shape == x.shape
+
+
+def test_attention_layout_is_eligible_for_the_linear_memory_kernel():
+    # Restricting SDPA to the flash kernel raises "no available kernel" if q/k/v are laid out so that CPU SDPA would
+    # fall back to the O(N^2) math kernel (e.g. non-contiguous transposed views).
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    block = NonLocalBlock(2, 8, sub_sample=True)
+    x = torch.randn(2, 8, 16, 12, requires_grad=True)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        out = block(x)
+        out.square().sum().backward()
+    assert x.grad is not None and out.shape == x.shape

@@ -15,22 +15,24 @@ def encode_residuals(x: torch.Tensor, codewords: torch.Tensor, smoothing: torch.
     """Aggregated soft-assignment residuals ``e_k = sum_i a_ik (x_i - d_k)`` in compact form.
 
     ``a_ik = softmax_k(-s_k ||x_i - d_k||^2)``. Expanding ``||x_i - d_k||^2 = ||x_i||^2 - 2 x_i.d_k + ||d_k||^2`` and
-    ``e_k = (A^T X)_k - (sum_i a_ik) d_k`` needs only ``B x N x K`` and ``B x N x C`` tensors; the textbook form
+    ``e_k = (A^T X)_k - (sum_i a_ik) d_k`` needs only ``B x K x N`` and ``B x C x N`` tensors; the textbook form
     materialises ``B x N x K x C`` residuals (2.6 GB instead of about 130 MiB at N=16384, K=32, C=256).
 
     Args:
-        x: descriptors, shape ``(B, N, C)``.
+        x: descriptors in channel-first layout (a flattened feature map), shape ``(B, C, N)``.
         codewords: ``(K, C)``.
         smoothing: smoothing factors ``s_k``, shape ``(K,)``.
 
     Returns:
         ``E`` of shape ``(B, K, C)``.
     """
-    x_sq = (x * x).sum(dim=-1, keepdim=True)  # (B, N, 1)
-    d_sq = (codewords * codewords).sum(dim=-1)  # (K,)
-    dist = x_sq - 2.0 * torch.matmul(x, codewords.t()) + d_sq  # (B, N, K)
-    assign = torch.softmax(-smoothing * dist, dim=-1)
-    return torch.matmul(assign.transpose(1, 2), x) - assign.sum(dim=1).unsqueeze(-1) * codewords
+    # Channel-first throughout: matmuls read the transposed views in place, where a (B, N, C) view of a conv output
+    # would be copied (and the copy kept for backward).
+    x_sq = (x * x).sum(dim=1, keepdim=True)  # (B, 1, N)
+    d_sq = (codewords * codewords).sum(dim=1).unsqueeze(-1)  # (K, 1)
+    dist = x_sq - 2.0 * torch.matmul(codewords, x) + d_sq  # (B, K, N)
+    assign = torch.softmax(-smoothing.unsqueeze(-1) * dist, dim=1)
+    return torch.matmul(assign, x.transpose(1, 2)) - assign.sum(dim=2).unsqueeze(-1) * codewords
 
 
 class ContextEncoding(nn.Module):
@@ -88,7 +90,7 @@ class ContextEncoding(nn.Module):
         """
         z = self.reduce(x)
         b = z.shape[0]
-        z = z.reshape(b, self.encoding_channels, -1).transpose(1, 2)  # (B, N, C')
+        z = z.reshape(b, self.encoding_channels, -1)  # (B, C', N)
         e = encode_residuals(z, self.codewords, self.smoothing)
         return torch.relu(self.codeword_norm(e)).sum(dim=1)
 
