@@ -69,3 +69,30 @@ def test_rejects_bad_arguments():
         NLCEN(spatial_dims=1)
     with pytest.raises(ValueError):
         NLCEN(backbone="vgg16")
+
+
+def test_input_gradient_matches_finite_difference():
+    # Attacks step along grad_x: the analytic directional derivative must match a central difference (float64).
+    # MONAI's own type-A shortcut (``out.data``) would drop a part of this gradient and fail here.
+    net = NLCEN(spatial_dims=2, out_channels=2).double().eval()
+    x = torch.rand(1, 1, 32, 32, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(1, 2, 32, 32, dtype=torch.float64)
+    v = torch.randn_like(x)
+    (grad,) = torch.autograd.grad((net(x) * w).sum(), x)
+    h = 1e-6
+    with torch.no_grad():
+        numeric = ((net(x + h * v) * w).sum() - (net(x - h * v) * w).sum()) / (2 * h)
+    torch.testing.assert_close((grad * v).sum(), numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_sliding_window_inference_in_eval_mode():
+    from monai.inferers import sliding_window_inference
+
+    net = NLCEN(spatial_dims=2, out_channels=3).eval()
+    x = torch.rand(1, 1, 80, 96)
+    with torch.no_grad():
+        out = sliding_window_inference(x, roi_size=(64, 64), sw_batch_size=2, predictor=net, overlap=0.25)
+        assert out.shape == (1, 3, 80, 96)
+        # a window that covers the whole image must give the direct prediction
+        full = sliding_window_inference(x, roi_size=(80, 96), sw_batch_size=1, predictor=net)
+        torch.testing.assert_close(full, net(x))
