@@ -25,7 +25,7 @@ def _single_thread_determinism():
     yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dataset() -> Callable[[str], Path]:
     """Return a function mapping a data set name (a folder of ``../shared/data``) to its path, or skip/fail."""
 

@@ -1,0 +1,56 @@
+"""Helpers for running bundles in tests: a small real data folder and in-process MONAI bundle workflows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = REPO_ROOT / "bundles"
+
+
+def link_subset(source: Path, target: Path, names: list[str], folders=("images", "masks")) -> Path:
+    """A data folder holding symbolic links to a few real files (the data itself is never copied)."""
+    for folder in folders:
+        (target / folder).mkdir(parents=True)
+        for path in sorted((source / folder).iterdir()):
+            stem = path.name.split(".")[0]
+            if stem in names:
+                (target / folder / path.name).symlink_to(path)
+    return target
+
+
+def workflow(bundle: str, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
+    root = BUNDLES / bundle
+    files = [str(root / "configs" / name) for name in configs]
+    flow = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(root / "configs" / "metadata.json"),
+        logging_file=str(root / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        **overrides,
+    )
+    flow.initialize()
+    return flow
+
+
+def run_workflow(bundle: str, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
+    flow = workflow(bundle, configs, workflow_type, **overrides)
+    flow.run()
+    flow.finalize()
+    return flow
+
+
+def bundle_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd or REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

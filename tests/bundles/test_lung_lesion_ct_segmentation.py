@@ -1,0 +1,158 @@
+"""The 2D CT lesion bundle end to end on a few real MedSeg slices, at a reduced image size."""
+
+import csv
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, bundle_cli, link_subset, run_workflow, workflow
+from monai.transforms import LoadImage
+
+BUNDLE = "lung_lesion_ct_segmentation"
+SMALL = {"spatial_size": [32, 32], "batch_size": 2, "epochs": 1}
+NAMES = ["0", "1", "2", "3", "4", "5"]
+
+
+@pytest.fixture(scope="module")
+def slices(shared_dataset, tmp_path_factory):
+    source = shared_dataset("ct_covid_medseg_infnet") / "train"
+    return link_subset(source, tmp_path_factory.mktemp("medseg"), NAMES)
+
+
+@pytest.fixture(scope="module")
+def trained(slices, tmp_path_factory):
+    """One short training run through the real CLI; later tests reuse its checkpoint."""
+    out = tmp_path_factory.mktemp("trained")
+    result = bundle_cli(
+        "run",
+        "--config_file",
+        str(BUNDLES / BUNDLE / "configs" / "train.json"),
+        "--bundle_root",
+        str(BUNDLES / BUNDLE),
+        "--dataset_dir",
+        str(slices),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "eval"),
+        "--spatial_size",
+        "[32, 32]",
+        "--batch_size",
+        "2",
+        "--epochs",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loss_clean" not in result.stderr  # the per-copy losses are in the output dict, not printed as errors
+    return out
+
+
+def test_properties_of_train_and_infer_workflows(slices):
+    assert workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(slices)).check_properties() == []
+    assert workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(slices)).check_properties() == []
+
+
+def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused")
+    network = flow.parser.get_parsed_content("network_def")
+    network.load_state_dict(state)  # strict: every key present, every shape right
+
+
+def test_evaluate_reports_dice_and_jaccard(slices, trained, tmp_path):
+    run_workflow(
+        BUNDLE,
+        ["train.json", "evaluate.json"],
+        dataset_dir=str(slices),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path),
+        **SMALL,
+    )
+    rows = {row[0]: float(row[1]) for row in csv.reader((tmp_path / "metrics.csv").open())}
+    assert set(rows) == {"val_mean_dice", "val_mean_iou"}
+    dice, iou = rows["val_mean_dice"], rows["val_mean_iou"]
+    assert 0 <= iou <= dice <= 1  # Jaccard never exceeds Dice for the same masks
+    assert dice == pytest.approx(2 * iou / (1 + iou), abs=0.15)  # per-case identity, averaged over few cases
+
+
+def test_inference_writes_masks_in_the_source_geometry(slices, trained, tmp_path):
+    run_workflow(
+        BUNDLE,
+        ["inference.json"],
+        "infer",
+        dataset_dir=str(slices),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path),
+        spatial_size=[32, 32],
+    )
+    for name in NAMES:
+        source = LoadImage(image_only=True)(str(slices / "images" / f"{name}.jpg"))
+        prediction = nib.load(tmp_path / f"{name}_seg.nii.gz")
+        assert prediction.shape[:2] == tuple(source.shape[:2])
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1}
+
+
+def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_path):
+    overrides = dict(dataset_dir=str(slices), ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), **SMALL)
+    run_workflow(BUNDLE, ["train.json", "generate_adversarial.json"], **overrides)
+    datalist = json.loads((tmp_path / "adversarial" / "datalist.json").read_text())["training"]
+    train_names = {entry["source"] for entry in datalist}
+    train_items = workflow(BUNDLE, ["train.json"], **overrides).parser.get_parsed_content("train_items")
+    assert train_names == {item["image"] for item in train_items}  # copies of the training split only
+    assert len(datalist) == 2 * len(train_items)
+    epsilon_levels = 0.1 * 255
+    for entry in datalist:
+        copy = nib.load(entry["image"])
+        source = LoadImage(image_only=True)(entry["source"])
+        assert copy.shape == tuple(source.shape)
+        assert np.allclose(copy.affine, source.affine)
+        difference = np.abs(np.asarray(copy.dataobj) - source.numpy())
+        assert difference.max() <= epsilon_levels + 1e-3 and difference.mean() > 1.0
+        assert open(entry["label"], "rb").read() == open(slices / "masks" / entry["label"].split("/")[-1], "rb").read()
+    # never overwritten unless asked
+    stamp = (tmp_path / "adversarial" / "datalist.json").stat().st_mtime_ns
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["train.json", "generate_adversarial.json"], **overrides)
+    assert "output folder exists" in "".join(str(e) for e in _chain(error.value))
+    assert (tmp_path / "adversarial" / "datalist.json").stat().st_mtime_ns == stamp
+    # offline training reads originals + both copies
+    flow = workflow(BUNDLE, ["train.json"], online="false", **overrides)
+    items = flow.parser.get_parsed_content("train#items")
+    assert len(items) == len(train_items) + len(datalist)
+    assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"augmentation": "fgsm_plus"}, "unknown augmentation"),
+        ({"epsilon": -0.1}, "epsilon must be a number >= 0"),
+        ({"dataset_dir": "/nonexistent/medseg"}, "/nonexistent/medseg: data set folder not found"),
+        ({"online": "maybe"}, "online must be true or false"),
+    ],
+)
+def test_bad_configuration_fails_before_training(slices, tmp_path, overrides, message):
+    settings = dict(dataset_dir=str(slices), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path), **SMALL)
+    settings.update(overrides)
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["train.json"], **settings)
+    assert message in "".join(str(e) for e in _chain(error.value))
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_images_without_masks_fail_naming_the_file(slices, tmp_path):
+    broken = tmp_path / "data"
+    shutil.copytree(slices, broken, symlinks=True)
+    (broken / "masks" / "3.png").unlink()
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["train.json"], dataset_dir=str(broken), ckpt_dir=str(tmp_path / "m"), **SMALL)
+    assert "3.jpg" in "".join(str(e) for e in _chain(error.value))
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
