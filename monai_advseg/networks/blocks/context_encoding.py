@@ -45,9 +45,10 @@ class ContextEncoding(nn.Module):
 
     Normalisation of the codeword vectors: ``e_k`` is a ``(B, K, C')`` tensor. As in EncNet's code, it is normalised
     by ``BatchNorm1d(K)``, i.e. one mean/variance per codeword computed over the batch *and* the ``C'`` components.
-    This is well defined for batch size 1 in training mode (``C' > 1`` values per statistic), unlike a batch norm
-    over ``C'`` with statistics over the batch only. It standardises each codeword's residual profile, which also
-    removes the scale difference between codewords that attract many positions and those that attract few.
+    This is well defined for batch size 1 in training mode (``C' > 1`` values per statistic), unlike a
+    ``BatchNorm1d(C')`` on ``(B, C')`` vectors (statistics over the batch only, which raises for a batch of 1). It
+    standardises each codeword's residual profile, which also removes the scale difference between codewords that
+    attract many positions (large ``e_k``) and those that attract few.
     EncNet averages over ``k``; the paper writes a sum, used here (the two differ only by a factor ``K`` absorbed in
     ``W_gamma``).
 
