@@ -14,13 +14,9 @@ import statistics
 import time
 
 import torch
-from monai.networks.nets import UNet
+from reference_model import reference_batch, reference_unet
 
 from monai_advseg.attacks import iterative_fgsm
-
-
-def reference_unet() -> torch.nn.Module:
-    return UNet(2, 1, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2).eval()
 
 
 def forward_input_backward(network: torch.nn.Module, image: torch.Tensor, label: torch.Tensor) -> None:
@@ -36,9 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    network = reference_unet()
-    image = torch.rand(8, 1, 128, 128)
-    label = (torch.rand(8, 1, 128, 128) > 0.5).long()
+    network = reference_unet().eval()
+    image, label = reference_batch()
     for _ in range(2):  # warm-up: allocator and oneDNN primitive caches
         forward_input_backward(network, image, label)
         iterative_fgsm(network, image, label, 0.1, alpha=0.01, steps=1, clip_range=(0, 1))
