@@ -2,9 +2,11 @@
 
 2D, batch 8, 256 x 256, one input channel, two classes, ``torch.set_num_threads(2)``. The reference UNet and the
 NLCEUNet use channels (16, 32, 64, 128, 256), strides 2, num_res_units 2. Each network gets two warm-up steps, then
-the networks are timed in interleaved rounds (so a load change on the machine hits them all alike); the figure is the
-median over rounds. NLCEN's forward+backward includes its five deep-supervision outputs (training mode).
-The last line is the key figure: the two time ratios.
+the networks are timed in interleaved rounds (the three networks of a round run back to back, under about the same
+machine load). On a shared machine other processes make single rounds several times slower (two OpenMP threads wait
+for each other when one is descheduled), so the median and the minimum time per network are printed, and the key
+figure is the median over rounds of the per-round ratio to the UNet. NLCEN's forward+backward includes its five
+deep-supervision outputs (training mode). The last line is the key figure: the two ratios.
 
 Usage: ``python benchmarks/network_cost.py [--repeats 7] [--batch 8] [--size 256]``
 """
@@ -58,15 +60,15 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
     med = {name: statistics.median(t) for name, t in times.items()}
     best = {name: min(t) for name, t in times.items()}
+    ratio = {name: statistics.median(t / u for t, u in zip(times[name], times["UNet"], strict=True)) for name in nets}
     for name in nets:
         print(
-            f"{name:16s} forward+backward median {med[name]:.2f} s ({med[name] / med['UNet']:.2f}x UNet), "
-            f"min {best[name]:.2f} s ({best[name] / best['UNet']:.2f}x UNet)"
+            f"{name:16s} forward+backward median {med[name]:.2f} s, min {best[name]:.2f} s "
+            f"(min/min {best[name] / best['UNet']:.2f}x UNet)"
         )
     print(
-        f"forward+backward time vs UNet (batch {args.batch}, {args.size}^2, 2 threads), median [min]: "
-        f"NLCEN(resnet18) {med['NLCEN(resnet18)'] / med['UNet']:.2f}x [{best['NLCEN(resnet18)'] / best['UNet']:.2f}x], "
-        f"NLCEUNet {med['NLCEUNet'] / med['UNet']:.2f}x [{best['NLCEUNet'] / best['UNet']:.2f}x]"
+        f"forward+backward time vs UNet (batch {args.batch}, {args.size}^2, 2 threads), median of per-round ratios: "
+        f"NLCEN(resnet18) {ratio['NLCEN(resnet18)']:.2f}x, NLCEUNet {ratio['NLCEUNet']:.2f}x"
     )
 
 
