@@ -1,14 +1,15 @@
 """Forward+backward time of NLCEN(resnet18) and NLCEUNet relative to MONAI's reference UNet.
 
-2D, batch 8, 256 x 256, one input channel, two classes, ``torch.set_num_threads(2)``. The reference UNet and the
-NLCEUNet use channels (16, 32, 64, 128, 256), strides 2, num_res_units 2. Each network gets two warm-up steps, then
-the networks are timed in interleaved rounds (the three networks of a round run back to back, under about the same
-machine load). On a shared machine other processes make single rounds several times slower (two OpenMP threads wait
-for each other when one is descheduled), so the median and the minimum time per network are printed, and the key
-figure is the median over rounds of the per-round ratio to the UNet. NLCEN's forward+backward includes its five
-deep-supervision outputs (training mode). The last line is the key figure: the two ratios.
+2D, batch 8, 256 x 256, one input channel, two classes, ``torch.set_num_threads(2)`` (``--threads``). The reference
+UNet and the NLCEUNet use channels (16, 32, 64, 128, 256), strides 2, num_res_units 2. Each network gets two warm-up
+steps, then the networks are timed in interleaved rounds (the three networks of a round run back to back, under about
+the same machine load). On a shared machine other processes make single rounds several times slower (two OpenMP
+threads wait for each other when one is descheduled), so the median and the minimum time per network are printed, and
+the key figure is the median over rounds of the per-round ratio to the UNet; ``--threads 1`` is the robust choice on a
+loaded machine. NLCEN's forward+backward includes its five deep-supervision outputs (training mode).
+The last line is the key figure: the two ratios.
 
-Usage: ``python benchmarks/network_cost.py [--repeats 7] [--batch 8] [--size 256]``
+Usage: ``python benchmarks/network_cost.py [--repeats 7] [--batch 8] [--size 256] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads; 1 is robust to a loaded machine")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     unet_args = {"channels": (16, 32, 64, 128, 256), "strides": (2, 2, 2, 2), "num_res_units": 2}
     nets = {
@@ -67,7 +69,8 @@ def main() -> None:
             f"(min/min {best[name] / best['UNet']:.2f}x UNet)"
         )
     print(
-        f"forward+backward time vs UNet (batch {args.batch}, {args.size}^2, 2 threads), median of per-round ratios: "
+        f"forward+backward time vs UNet (batch {args.batch}, {args.size}^2, {args.threads} threads, "
+        f"median of per-round ratios): "
         f"NLCEN(resnet18) {ratio['NLCEN(resnet18)']:.2f}x, NLCEUNet {ratio['NLCEUNet']:.2f}x"
     )
 
