@@ -573,6 +573,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         per_case = [
             {
                 "case": case,
+                "setting": "clean" if column == 0 else "attack",
                 "eps_levels": levels[column],
                 "eps": units[column],
                 "dice": float(dice[i, column]),

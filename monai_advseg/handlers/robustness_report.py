@@ -14,9 +14,10 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ignite.engine import Engine, Events
+if TYPE_CHECKING:  # ignite pulls in torch; the report command line only needs matplotlib
+    from ignite.engine import Engine
 
 __all__ = [
     "REPORT_FILES",
@@ -43,7 +44,7 @@ SUMMARY_COLUMNS = (
     "n_cases",
     "seconds",
 )
-CASE_COLUMNS = ("case", "eps_levels", "eps", "dice", "jaccard")
+CASE_COLUMNS = ("case", "setting", "eps_levels", "eps", "dice", "jaccard")
 
 
 def require_matplotlib() -> Any:
@@ -270,6 +271,8 @@ class RobustnessReportWriter:
         self.paths: dict[str, Path] = {}
 
     def attach(self, engine: Engine) -> None:
+        from ignite.engine import Events
+
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
