@@ -125,6 +125,24 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
 
 
+def test_robust_evaluate_writes_the_sweep_report(slices, trained, tmp_path):
+    run_workflow(
+        BUNDLE,
+        ["train.json", "robust_evaluate.json"],
+        dataset_dir=str(slices),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path),
+        epsilons=[0.5, 4.0],
+        **SMALL,
+    )
+    rows = list(csv.DictReader((tmp_path / "robustness.csv").open()))
+    assert [float(row["eps_levels"]) for row in rows] == [0.0, 0.5, 4.0]
+    assert [int(row["steps"]) for row in rows] == [0, 1, 5]
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    assert report["config"]["bundle"] == BUNDLE
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
