@@ -1,5 +1,12 @@
 """Ignite handlers and report writers."""
 
+from monai_advseg.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
+    BestMetricState,
+    RandomState,
+    attach_resume,
+)
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
     RobustnessReportWriter,
@@ -18,4 +25,9 @@ __all__ = [
     "plot_robustness",
     "require_matplotlib",
     "write_robustness_reports",
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "BestMetricState",
+    "RandomState",
+    "attach_resume",
 ]
