@@ -4,6 +4,7 @@ Small settings keep the file fast: 32^3 patches, a 3-level U-Net with 8..32 chan
 The label maps are TotalSegmentator model output (pseudo ground truth), used here for pipeline checks only.
 """
 
+import csv
 import gzip
 import json
 import shutil
@@ -166,6 +167,14 @@ def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
     assert network(torch.zeros(1, 1, 32, 32, 32)).shape[1] == 3  # background, liver, spleen
 
 
+def test_evaluate_reports_dice_and_jaccard(data, trained, tmp_path):
+    settings = dict(datalist=str(data / "datalist.json"), ckpt_dir=str(trained / "models"), output_dir=str(tmp_path))
+    run_workflow(BUNDLE, ["train.json", "evaluate.json"], **settings, **SMALL)
+    rows = {row[0]: float(row[1]) for row in csv.reader((tmp_path / "metrics.csv").open())}
+    assert set(rows) == {"val_mean_dice", "val_mean_iou"}
+    assert 0 <= rows["val_mean_iou"] <= rows["val_mean_dice"] <= 1
+
+
 def test_inference_writes_masks_in_the_original_geometry(inferred, secret_series, totalseg):
     out, _ = inferred
     array, meta = load_dicom_series(secret_series)
@@ -238,6 +247,26 @@ def test_gpu_pipeline_switch_runs_on_cpu(data, tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
+def test_without_validation_items_the_final_model_is_saved(data, tmp_path):
+    datalist = json.loads((data / "nifti_only.json").read_text())
+    datalist["validation"] = []  # what `python -m monai_advseg.data.datalist` writes with --val-fraction 0
+    for item in datalist["training"]:
+        item.update({key: str(data / value) for key, value in item.items()})
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    flow = run_workflow(
+        BUNDLE,
+        ["train.json"],
+        datalist=str(tmp_path / "datalist.json"),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        **SMALL,
+    )
+    handlers = [type(h).__name__ for h in flow.parser.get_parsed_content("train#handlers")]
+    assert "ValidationHandler" not in handlers
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    flow.parser.get_parsed_content("network_def").load_state_dict(state)
+
+
 def _shifted_label(source, target, shift_mm=15.0):
     label = nib.load(source)
     affine = label.affine.copy()
@@ -248,13 +277,15 @@ def _shifted_label(source, target, shift_mm=15.0):
 
 def test_training_datalist_with_a_missing_file_fails_naming_it(data, tmp_path):
     missing = tmp_path / "nowhere" / "case9.nii.gz"
-    datalist = json.loads((data / "datalist.json").read_text())
-    datalist["training"].append({"image": str(missing), "label": str(data / "labelsTr" / "example_ct_sm.nii.gz")})
+    nifti = json.loads((data / "nifti_only.json").read_text())["training"][0]
+    present = {key: str(data / value) for key, value in nifti.items()}
+    datalist = {"training": [present, {**present, "image": str(missing)}], "validation": [present]}
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
     settings = dict(datalist=str(tmp_path / "datalist.json"), ckpt_dir=str(tmp_path / "models"), **SMALL)
     with pytest.raises(Exception) as error:
         run_workflow(BUNDLE, ["train.json"], output_dir=str(tmp_path / "eval"), **settings)
-    assert str(missing) in _messages(error.value)
+    text = _messages(error.value)
+    assert str(missing) in text and str(tmp_path / "datalist.json") in text
     assert not (tmp_path / "models").exists() and not (tmp_path / "eval").exists()
 
 
