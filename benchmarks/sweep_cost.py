@@ -39,13 +39,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--unit-batch", type=int, default=8, help="batch of the per-image unit measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the reference setting is 2)")
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="RobustnessEvaluator max_batch (0: all samples of a batch at once)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     network = UNet(2, 1, 2, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2).eval()
     images = torch.rand(args.images, 1, 128, 128)
     labels = (torch.rand(args.images, 1, 128, 128) > 0.5).long()
-    evaluator = RobustnessEvaluator("cpu", [], network, epsilons=PAPER_EPSILON_LEVELS, progress=False)
+    evaluator = RobustnessEvaluator(
+        "cpu", [], network, epsilons=PAPER_EPSILON_LEVELS, progress=False, max_batch=args.max_batch or None
+    )
     steps = [kurakin_steps(e) for e in PAPER_EPSILON_LEVELS]
 
     unit_images = torch.rand(args.unit_batch, 1, 128, 128)
@@ -77,7 +82,7 @@ def main() -> None:
     ideal = sum(steps) * args.images * per_image
     padded_ideal_steps = max(steps) * len(steps)
     print(f"epsilons: {len(steps)}, sum of Kurakin steps per image: {sum(steps)}, padded: {padded_ideal_steps}")
-    print(f"images: {args.images}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"images: {args.images}, max_batch: {args.max_batch}, threads: {torch.get_num_threads()}")
     print(f"forward + input backward per image (batch {args.unit_batch}): {per_image * 1e3:.2f} ms")
     print(f"ideal sweep ({sum(steps)} x {args.images} x unit): {ideal:.2f} s")
     print(f"batched sweep (active-set compaction): {sweep_seconds:.2f} s")
