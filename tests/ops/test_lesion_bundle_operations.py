@@ -1,0 +1,269 @@
+"""Operations of the lesion bundle on a few real MedSeg slices at 32x32: multi-process (torchrun, gloo) training and
+robustness sweep, kill-and-resume, MLflow tracking, determinism and safe loading through the bundle path."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_helpers import BUNDLES, REPO_ROOT, link_subset, run_workflow, workflow
+
+BUNDLE = "lung_lesion_ct_segmentation"
+CONFIGS = BUNDLES / BUNDLE / "configs"
+NAMES = ["0", "1", "2", "3", "4", "5"]
+# 6 slices: 4 train + 2 validation, so each of 2 ranks gets 2 training slices (one batch) and 1 validation slice.
+SMALL = {"spatial_size": [32, 32], "batch_size": 2, "val_fraction": 0.34}
+SMALL_CLI = ["--spatial_size", "[32, 32]", "--batch_size", "2", "--val_fraction", "0.34"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+ROBUST_OVERRIDE = {
+    "robust_evaluate#sampler": {
+        "_target_": "monai.data.DistributedSampler",
+        "dataset": "@validate#dataset",
+        "even_divisible": False,
+        "shuffle": False,
+    },
+    "robust_evaluate#dataloader#sampler": "@robust_evaluate#sampler",
+    "run": ["$@robust_evaluate#evaluator.run()"],
+}
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
+
+
+@pytest.fixture(scope="module")
+def slices(shared_dataset, tmp_path_factory):
+    source = shared_dataset("ct_covid_medseg_infnet") / "train"
+    return link_subset(source, tmp_path_factory.mktemp("medseg"), NAMES)
+
+
+def _configs(*names: str) -> str:
+    return "[" + ",".join(f"'{CONFIGS / name}'" for name in names) + "]"
+
+
+def _bundle_args(slices: Path, out: Path, *configs: str) -> list[str]:
+    return [
+        "run",
+        "--config_file",
+        _configs(*configs),
+        "--bundle_root",
+        str(BUNDLES / BUNDLE),
+        "--dataset_dir",
+        str(slices),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "eval"),
+        *SMALL_CLI,
+    ]
+
+
+def _run(command: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def _bundle(*args: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "monai.bundle", *args])
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    return _run([*torchrun, "-m", "monai.bundle", *args])
+
+
+def _plain_network():
+    return workflow(BUNDLE, ["train.json"], dataset_dir="unused").parser.get_parsed_content("network_def")
+
+
+def _epoch(checkpoint: dict) -> int:
+    trainer = checkpoint["trainer"]  # ignite saves the iteration count and the epoch length
+    return trainer["iteration"] // trainer["epoch_length"]
+
+
+def _assert_same_tensors(first: dict, second: dict, path: str = "") -> None:
+    assert type(first) is type(second) or (isinstance(first, dict) and isinstance(second, dict)), path
+    if isinstance(first, torch.Tensor):
+        assert torch.equal(first, second), f"{path} differs by {float((first.float() - second.float()).abs().max())}"
+    elif isinstance(first, dict):
+        assert set(first) == set(second), path
+        for key in first:
+            _assert_same_tensors(first[key], second[key], f"{path}/{key}")
+    elif isinstance(first, (list, tuple)):
+        assert len(first) == len(second), path
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
+            _assert_same_tensors(a, b, f"{path}[{index}]")
+    else:
+        assert first == second, path
+
+
+# --------------------------------------------------------------------------------------------------- multi-process
+@pytest.fixture(scope="module")
+def ddp_trained(slices, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    result = _torchrun(*_bundle_args(slices, out, "train.json", "multi_gpu_train.json"), "--epochs", "1")
+    return out, result.stdout + result.stderr
+
+
+def test_torchrun_training_shards_the_data_and_saves_plain_checkpoints(ddp_trained):
+    out, log = ddp_trained
+    # 4 training slices, batch 2: one iteration per rank under DistributedSampler (two in a single process)
+    assert "Epoch: 1/1, Iter: 1/1 -- train_loss" in log
+    assert log.count("train_loss:") == 1  # StatsHandler only on rank 0
+    for name in ("model.pt", "checkpoint.pt"):
+        state = torch.load(out / "models" / name, map_location="cpu", weights_only=True)
+        state = state.get("network", state)
+        assert not any(key.startswith("module.") for key in state)  # saved unwrapped, not as DDP
+        _plain_network().load_state_dict(state)  # strict load into the non-DDP network
+    assert _epoch(torch.load(out / "models" / "checkpoint.pt", weights_only=True)) == 1
+
+
+def test_robustness_sweep_on_two_ranks_equals_one_rank(slices, ddp_trained, tmp_path):
+    models = ddp_trained[0] / "models"
+    # multi_gpu_train.json gives the process group, device and DDP network; this override runs the sweep instead of
+    # training, on a sharded loader (an override file: torchrun's own parser would take `--run` for `--run-path`).
+    override = tmp_path / "multi_gpu_robust_evaluate.json"
+    override.write_text(json.dumps(ROBUST_OVERRIDE, indent=4))
+    args = _bundle_args(slices, tmp_path / "two", "train.json", "robust_evaluate.json", "multi_gpu_train.json")
+    args[2] = args[2][:-1] + f",'{override}']"
+    _torchrun(*args, "--ckpt_dir", str(models), "--epsilons", "[0.5, 4.0]")
+    run_workflow(
+        BUNDLE,
+        ["train.json", "robust_evaluate.json"],
+        dataset_dir=str(slices),
+        ckpt_dir=str(models),
+        output_dir=str(tmp_path / "one"),
+        epsilons=[0.5, 4.0],
+        **SMALL,
+    )
+    two = json.loads((tmp_path / "two" / "eval" / "robustness.json").read_text())
+    one = json.loads((tmp_path / "one" / "robustness.json").read_text())
+    assert two["n_cases"] == one["n_cases"] == 2
+
+    def _cases(report):
+        return {(c["case"], c["eps_levels"]): (c["dice"], c["jaccard"]) for c in report["cases"]}
+
+    cases_two, cases_one = _cases(two), _cases(one)
+    assert set(cases_two) == set(cases_one)
+    for key, values in cases_one.items():
+        assert cases_two[key] == pytest.approx(values, abs=1e-9), key
+    for row_two, row_one in zip(two["metrics"], one["metrics"], strict=True):
+        for key in ("eps_levels", "steps", "n_cases", "mean_dice", "mean_jaccard"):
+            assert row_two[key] == pytest.approx(row_one[key], abs=1e-9), key
+
+
+# --------------------------------------------------------------------------------------------------- resume
+def test_killed_training_resumes_to_the_same_weights(slices, tmp_path):
+    epochs = ["--epochs", "3"]
+    reference = tmp_path / "reference"
+    _bundle(*_bundle_args(slices, reference, "train.json"), *epochs)
+
+    interrupted = tmp_path / "interrupted"
+    checkpoint = interrupted / "models" / "checkpoint.pt"
+    command = [sys.executable, "-m", "monai.bundle", *_bundle_args(slices, interrupted, "train.json"), *epochs]
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # the file appears by os.replace, so it is complete when it exists
+    process.wait()
+    log.close()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    killed_at = _epoch(torch.load(checkpoint, weights_only=True))
+    assert 1 <= killed_at < 3
+
+    resumed = _bundle(*_bundle_args(slices, interrupted, "train.json"), *epochs, "--resume", "true")
+    assert "Restored all variables from" in resumed.stdout + resumed.stderr
+    final = torch.load(checkpoint, weights_only=True)
+    expected = torch.load(reference / "models" / "checkpoint.pt", weights_only=True)
+    assert _epoch(final) == _epoch(expected) == 3
+    for key in ("network", "optimizer", "validator", "best_model_saver"):
+        _assert_same_tensors(final[key], expected[key], key)
+    _assert_same_tensors(
+        torch.load(interrupted / "models" / "model.pt", weights_only=True),
+        torch.load(reference / "models" / "model.pt", weights_only=True),
+        "model.pt",
+    )
+
+
+def test_resume_without_a_checkpoint_fails_clearly(slices, tmp_path):
+    with pytest.raises(Exception) as error:
+        run_workflow(
+            BUNDLE, ["train.json"], dataset_dir=str(slices), ckpt_dir=str(tmp_path), resume="true", epochs=1, **SMALL
+        )
+    assert "resume requested but no checkpoint at" in "".join(str(e) for e in _chain(error.value))
+
+
+# --------------------------------------------------------------------------------------------------- tracking
+def test_mlflow_tracking_records_the_training_run(slices, tmp_path):
+    pytest.importorskip("mlflow", reason="mlflow is the optional 'tracking' extra: pip install mlflow")
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'tracking.db'}"
+    tracking = ["--tracking", "mlflow", "--tracking_uri", uri]
+    _bundle(*_bundle_args(slices, tmp_path, "train.json"), "--epochs", "1", *tracking)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(BUNDLE)
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {"train_loss", "val_mean_dice", "val_mean_iou"} <= set(run.data.metrics)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) == 2  # 4 training slices, batch 2: one value per iteration
+    assert 0 <= run.data.metrics["val_mean_dice"] <= 1
+
+
+# --------------------------------------------------------------------------------------------------- determinism
+def test_same_seed_gives_identical_weights_and_sweeps(slices, tmp_path):
+    states, reports = [], []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        settings = dict(dataset_dir=str(slices), ckpt_dir=str(out / "models"), output_dir=str(out), **SMALL)
+        run_workflow(BUNDLE, ["train.json"], epochs=1, **settings)
+        states.append(torch.load(out / "models" / "checkpoint.pt", weights_only=True))
+        run_workflow(BUNDLE, ["train.json", "robust_evaluate.json"], epochs=1, epsilons=[0.5, 4.0], **settings)
+        report = json.loads((out / "robustness.json").read_text())
+        reports.append((report["metrics"], report["cases"]))
+    assert len(states[0]["network"]) > 0
+    _assert_same_tensors(states[0]["network"], states[1]["network"], "network")
+    _assert_same_tensors(states[0]["optimizer"], states[1]["optimizer"], "optimizer")
+
+    def _numbers(metrics, cases):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in metrics], cases
+
+    assert _numbers(*reports[0]) == _numbers(*reports[1])
+
+
+# --------------------------------------------------------------------------------------------------- safe loading
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_bundle_refuses_checkpoints_with_pickled_payloads(slices, tmp_path):
+    network = _plain_network()
+    (tmp_path / "models").mkdir()
+    torch.save({"network": network.state_dict(), "note": _Payload()}, tmp_path / "models" / "model.pt")
+    torch.save({"network": network.state_dict(), "note": _Payload()}, tmp_path / "models" / "checkpoint.pt")
+    settings = dict(dataset_dir=str(slices), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path), **SMALL)
+    for configs, extra in ((["train.json", "evaluate.json"], {}), (["train.json"], {"resume": "true", "epochs": 1})):
+        with pytest.raises(Exception) as error:
+            run_workflow(BUNDLE, configs, **settings, **extra)
+        chain = list(_chain(error.value))
+        assert any(isinstance(e, pickle.UnpicklingError) for e in chain), configs
+        assert "Weights only load failed" in "".join(str(e) for e in chain)
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
