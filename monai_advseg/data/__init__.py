@@ -6,6 +6,7 @@ from typing import Any
 
 from monai_advseg.data.checks import (
     DicomSeriesInfo,
+    check_datalist_geometry,
     check_dicom_series,
     check_finite,
     check_geometry_match,
@@ -27,6 +28,7 @@ __all__ = [
     "DicomSeriesReader",
     "build_datalist",
     "check_datalist_files",
+    "check_datalist_geometry",
     "check_dicom_series",
     "check_finite",
     "check_geometry_match",

@@ -394,3 +394,34 @@ def check_image_file(
     if is_dicom_file(path):
         raise ValueError(f"{path}: a single DICOM file is not a volume; give its series folder instead")
     raise ValueError(f"{path}: unsupported image format (expected NIfTI, a DICOM series folder or {PIL_SUFFIXES})")
+
+
+def check_datalist_geometry(
+    items: Sequence[dict],
+    *,
+    expected_ndim: int = 3,
+    check_values: bool = False,
+    atol: float = 1e-2,
+) -> None:
+    """Check every ``{"image", "label"}`` item of a datalist: readable files, ``expected_ndim`` dimensions and, where a
+    label is given, the same voxel grid as its image (:func:`check_geometry_match`).
+
+    Args:
+        items: datalist items; ``label`` is optional.
+        expected_ndim: required spatial dimensions.
+        check_values: also decode every voxel (finds truncated files and NaN/Inf; slower).
+        atol: tolerance in mm for the affine comparison.
+
+    Raises:
+        FileNotFoundError, ValueError: on the first item that fails, naming the file and the reason.
+    """
+    for item in items:
+        shape, affine = check_image_file(item["image"], expected_ndim=expected_ndim, check_values=check_values)
+        if item.get("label") is None:
+            continue
+        label_shape, label_affine = check_nifti_file(
+            item["label"], expected_ndim=expected_ndim, check_values=check_values
+        )
+        check_geometry_match(
+            shape, affine, label_shape, label_affine, image_path=item["image"], label_path=item["label"], atol=atol
+        )

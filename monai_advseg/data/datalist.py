@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_advseg.data.checks import check_geometry_match, check_image_file, check_nifti_file, is_nifti_file
+from monai_advseg.data.checks import check_datalist_geometry, is_nifti_file
 from monai_advseg.data.dicom import find_dicom_series
 from monai_advseg.data.folders import split_datalist, strip_suffix
 
@@ -123,22 +123,13 @@ def build_datalist(
         FileNotFoundError: when an input path does not exist.
         ValueError: on the first input that fails a check, naming the file and the reason.
     """
-    found = [p.resolve() for p in find_images(images)]
+    # Pair on the names as given (a link may be named unlike its target), then store resolved paths.
+    found = find_images(images)
     if labels is None:
-        pairs: list[tuple[Path, Path | None]] = [(p, None) for p in found]
+        items = [{"image": str(image.resolve())} for image in found]
     else:
-        pairs = [(i, lbl.resolve()) for i, lbl in _pair(found, Path(labels))]
-    items = []
-    for image, label in pairs:
-        shape, affine = check_image_file(image, expected_ndim=expected_ndim, check_values=check_values)
-        item = {"image": str(image)}
-        if label is not None:
-            label_shape, label_affine = check_nifti_file(label, expected_ndim=expected_ndim, check_values=check_values)
-            check_geometry_match(
-                shape, affine, label_shape, label_affine, image_path=image, label_path=label, atol=atol
-            )
-            item["label"] = str(label)
-        items.append(item)
+        items = [{"image": str(i.resolve()), "label": str(lbl.resolve())} for i, lbl in _pair(found, Path(labels))]
+    check_datalist_geometry(items, expected_ndim=expected_ndim, check_values=check_values, atol=atol)
     train, val = split_datalist(items, val_fraction, seed)
     logger.info("datalist: %d training and %d validation items", len(train), len(val))
     return {"training": train, "validation": val}
