@@ -185,8 +185,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--datasets", nargs="+", default=["medseg", "msd"], choices=["medseg", "msd"])
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "adversarial_augmentation")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust to a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     loaders = {"medseg": lambda: load_medseg(args.size), "msd": load_msd}
     raw = {name: run_dataset(name, loaders[name](), args.seeds, args.epochs) for name in args.datasets}
     results = {"config": vars(args) | {"output": str(args.output)}, "raw": raw}
