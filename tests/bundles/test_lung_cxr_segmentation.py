@@ -1,0 +1,190 @@
+"""The chest X-ray lung bundle (NLCEN by default) end to end on a few real Montgomery / Shenzhen images, at 64x64."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from bundle_helpers import BUNDLES, bundle_cli, link_subset, run_workflow, workflow
+from monai.transforms import LoadImage
+
+BUNDLE = "lung_cxr_segmentation"
+SMALL = {"spatial_size": [64, 64], "batch_size": 2, "epochs": 1}
+NAMES = ["MCUCXR_0001_0", "MCUCXR_0002_0", "MCUCXR_0003_0", "CHNCXR_0001_0", "CHNCXR_0002_0", "CHNCXR_0003_0"]
+EPSILONS = [0.5, 2, 8]
+
+
+@pytest.fixture(scope="module")
+def cxr(shared_dataset, tmp_path_factory):
+    source = shared_dataset("cxr_lung_montgomery_shenzhen")
+    data = link_subset(source, tmp_path_factory.mktemp("cxr"), NAMES)
+    assert len(list((data / "images").iterdir())) == len(NAMES)
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(cxr, tmp_path_factory):
+    """One short NLCEN training run through the real CLI; later tests reuse its checkpoint."""
+    out = tmp_path_factory.mktemp("trained")
+    result = bundle_cli(
+        "run",
+        "--config_file",
+        str(BUNDLES / BUNDLE / "configs" / "train.json"),
+        "--bundle_root",
+        str(BUNDLES / BUNDLE),
+        "--dataset_dir",
+        str(cxr),
+        "--ckpt_dir",
+        str(out / "models"),
+        "--output_dir",
+        str(out / "eval"),
+        "--spatial_size",
+        "[64, 64]",
+        "--batch_size",
+        "2",
+        "--epochs",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train_loss" in result.stdout + result.stderr  # the epoch loss that drives the plateau schedule is logged
+    return out
+
+
+def test_properties_of_train_and_infer_workflows(cxr):
+    assert workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(cxr)).check_properties() == []
+    assert workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(cxr)).check_properties() == []
+
+
+def test_training_recipe_is_the_papers(cxr):
+    flow = workflow(BUNDLE, ["train.json"], dataset_dir=str(cxr))
+    parse = flow.parser.get_parsed_content
+    assert type(parse("network_def")).__name__ == "NLCEN"
+    optimizer = parse("optimizer")
+    assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["weight_decay"] == 1e-4
+    scheduler = parse("lr_scheduler")
+    assert scheduler.factor == 0.9 and scheduler.min_lrs == [1e-4]
+    assert parse("train#dataloader").batch_size == 8
+    assert parse("train#trainer").augmentations == ()  # augmentation "none" by default
+    # deep supervision: 1/4 sum of the four coarse losses + 0.25 * refined loss
+    loss = parse("loss")
+    label = torch.randint(0, 2, (2, 1, 8, 8)).float()
+    outputs = [torch.randn(2, 2, 8, 8) for _ in range(5)]
+    single = parse("loss#loss")
+    expected = 0.25 * sum(single(o, label) for o in outputs)
+    assert torch.allclose(loss(outputs, label), expected)
+
+
+def test_plateau_schedule_steps_on_the_epoch_mean_training_loss(cxr, tmp_path):
+    flow = run_workflow(BUNDLE, ["train.json"], dataset_dir=str(cxr), ckpt_dir=str(tmp_path), **SMALL)
+    parse = flow.parser.get_parsed_content
+    losses = parse("train#trainer").state.metrics["train_loss"]
+    assert 0 < losses < 10
+    assert parse("lr_scheduler").best == pytest.approx(losses)  # ReduceLROnPlateau saw the epoch's mean loss
+
+
+def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network = workflow(BUNDLE, ["train.json"], dataset_dir="unused").parser.get_parsed_content("network_def")
+    network.load_state_dict(state)  # strict: every key present, every shape right
+    network.eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_evaluate_reports_dice_and_jaccard(cxr, trained, tmp_path):
+    run_workflow(
+        BUNDLE,
+        ["train.json", "evaluate.json"],
+        dataset_dir=str(cxr),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path),
+        **SMALL,
+    )
+    rows = {row[0]: float(row[1]) for row in csv.reader((tmp_path / "metrics.csv").open())}
+    assert set(rows) == {"val_mean_dice", "val_mean_iou"}
+    dice, iou = rows["val_mean_dice"], rows["val_mean_iou"]
+    assert 0 <= iou <= dice <= 1
+    assert dice == pytest.approx(2 * iou / (1 + iou), abs=0.15)
+
+
+def test_inference_writes_png_masks_in_the_source_geometry(cxr, trained, tmp_path):
+    run_workflow(
+        BUNDLE,
+        ["inference.json"],
+        "infer",
+        dataset_dir=str(cxr),
+        ckpt_dir=str(trained / "models"),
+        output_dir=str(tmp_path),
+        spatial_size=[64, 64],
+    )
+    for name in NAMES[:2]:
+        source = LoadImage(image_only=True)(str(cxr / "images" / f"{name}.png"))
+        prediction = LoadImage(image_only=True)(str(tmp_path / f"{name}_seg.png"))
+        assert tuple(prediction.shape[:2]) == tuple(source.shape[:2]) == (512, 512)
+        assert set(np.unique(np.asarray(prediction))) <= {0, 255}
+
+
+def test_robust_evaluate_writes_reports_with_a_clean_row(cxr, trained, tmp_path):
+    overrides = dict(dataset_dir=str(cxr), ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), **SMALL)
+    run_workflow(BUNDLE, ["train.json", "robust_evaluate.json"], epsilons=EPSILONS, **overrides)
+    for name in ("robustness.csv", "robustness.json", "robustness.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    rows = report["metrics"]
+    assert [row["setting"] for row in rows] == ["clean"] + ["attack"] * len(EPSILONS)
+    assert [row["eps_levels"] for row in rows] == [0.0, *EPSILONS]
+    assert [row["steps"] for row in rows] == [0, 1, 3, 10]  # min(eps + 4, ceil(1.25 eps))
+    assert report["config"]["bundle"] == BUNDLE and report["config"]["network"] == "nlcen"
+    assert report["attack"]["name"] == "ifgsm_targeted"
+    with (tmp_path / "robustness.csv").open() as f:
+        assert next(csv.DictReader(f))["setting"] == "clean"
+    # the reports are never replaced silently
+    stamp = (tmp_path / "robustness.json").stat().st_mtime_ns
+    with pytest.raises(Exception) as error:  # noqa: B017 - MONAI wraps the FileExistsError; the chain is checked
+        run_workflow(BUNDLE, ["train.json", "robust_evaluate.json"], epsilons=EPSILONS, **overrides)
+    assert any(isinstance(e, FileExistsError) for e in _chain(error.value))
+    assert (tmp_path / "robustness.json").stat().st_mtime_ns == stamp
+
+
+def test_verify_metadata_and_net_in_out(tmp_path):
+    schema = tmp_path / "meta_schema_20240725.json"
+    shutil.copy(BUNDLES.parent.parent / "shared" / "schemas" / schema.name, schema)
+    root = BUNDLES / BUNDLE
+    result = bundle_cli(
+        "verify_metadata", "--meta_file", str(root / "configs" / "metadata.json"), "--filepath", str(schema)
+    )
+    assert result.returncode == 0 and "metadata is verified with no error" in result.stdout + result.stderr
+    result = bundle_cli(
+        "verify_net_in_out",
+        "--net_id",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        cwd=root,
+    )
+    assert result.returncode == 0 and "verified with no error" in result.stdout + result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("network, expected", [("unet", "UNet"), ("nlce_unet", "NLCEUNet"), ("nlcen", "NLCEN")])
+def test_network_override(network, expected):
+    flow = workflow(BUNDLE, ["inference.json"], "infer", dataset_dir="unused", network=network)
+    net = flow.parser.get_parsed_content("network_def")
+    assert type(net).__name__ == expected
+    net.eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 1, 64, 64)).shape == (2, 2, 64, 64)
+    net.train()
+    out = net(torch.rand(2, 1, 64, 64))
+    heads = out if isinstance(out, list) else [out]
+    assert len(heads) == (5 if network == "nlcen" else 1)
+    assert all(h.shape == (2, 2, 64, 64) for h in heads)
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
