@@ -195,6 +195,29 @@ def test_killed_training_resumes_to_the_same_weights(slices, tmp_path):
     )
 
 
+def test_iteration_level_checkpoint_resumes_mid_epoch(slices, tmp_path):
+    """A kill mid-epoch loses at most ``checkpoint_every`` iterations: the resumed run does only the missing ones."""
+    from ignite.engine import Events
+
+    settings = dict(dataset_dir=str(slices), ckpt_dir=str(tmp_path), output_dir=str(tmp_path), epochs=2, **SMALL)
+    settings.update(checkpoint_epoch_level="false", checkpoint_every=1)
+    flow = workflow(BUNDLE, ["train.json"], **settings)
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), lambda engine: engine.terminate())
+    flow.run()  # stops after iteration 3 of 4 (epoch 2 of 2, mid-epoch); the checkpoint of iteration 3 is written
+    flow.finalize()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 3
+
+    flow = workflow(BUNDLE, ["train.json"], resume="true", **settings)
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    done = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: done.append(engine.state.iteration))
+    flow.run()
+    flow.finalize()
+    assert done == [4]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 4
+
+
 def test_resume_without_a_checkpoint_fails_clearly(slices, tmp_path):
     with pytest.raises(Exception) as error:
         run_workflow(
