@@ -84,6 +84,16 @@ def test_plateau_schedule_steps_on_the_epoch_mean_training_loss(cxr, tmp_path):
     assert parse("lr_scheduler").best == pytest.approx(losses)  # ReduceLROnPlateau saw the epoch's mean loss
 
 
+def test_online_adversarial_augmentation_trains_the_deep_supervision_network(cxr, tmp_path):
+    flow = run_workflow(
+        BUNDLE, ["train.json"], dataset_dir=str(cxr), ckpt_dir=str(tmp_path), augmentation="both", **SMALL
+    )
+    output = flow.parser.get_parsed_content("train#trainer").state.output[0]
+    for name in ("loss_clean", "loss_fgsm", "loss_inverse_fgsm"):
+        assert np.isfinite(float(output[name])), name
+    assert output["loss_fgsm"] > output["loss_inverse_fgsm"]  # FGSM ascends the loss, inverse FGSM descends it
+
+
 def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
     network = workflow(BUNDLE, ["train.json"], dataset_dir="unused").parser.get_parsed_content("network_def")
