@@ -244,6 +244,7 @@ def test_cli_on_real_folders(shared_dataset, tmp_path):
     done = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     items = load_decathlon_datalist(out, data_list_key="training")
-    assert items == [{"image": str(root / "dicom"), "label": str(root / "dicom_labels" / "example_seg_dicom.nii.gz")}]
+    label = root / "dicom_labels" / "example_seg_dicom.nii.gz"
+    assert items == [{"image": str((root / "dicom").resolve()), "label": str(label.resolve())}]  # absolute, resolved
     again = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "output exists" in again.stderr and "Traceback" not in again.stderr
