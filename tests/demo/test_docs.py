@@ -30,3 +30,18 @@ def test_api_reference_is_up_to_date_and_covers_the_public_names():
     text = (DOCS / "api.md").read_text()
     for name in ("fgsm_pair", "AdversarialAugmentationTrainer", "RobustnessEvaluator", "NLCEN", "FGSMd"):
         assert f"### `{name}`" in text
+
+
+def test_relative_links_in_the_docs_point_to_files_that_exist():
+    import re
+
+    root = DOCS.parent
+    pages = [root / "README.md", *DOCS.rglob("*.md"), *(root / "bundles").glob("*/docs/README.md")]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(root)} -> {target}")
+    assert broken == []
