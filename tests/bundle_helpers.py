@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,14 @@ def bundle_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpr
         text=True,
         timeout=timeout,
     )
+
+
+def bundle_torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 -m monai.bundle ARGS`` (gloo on CPU), one intra-op thread per rank so
+    that two ranks on a 2-core machine do not oversubscribe it. Fails with the end of the log if a rank fails."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [*torchrun, "-m", "monai.bundle", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
