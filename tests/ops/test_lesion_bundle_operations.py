@@ -244,6 +244,36 @@ def test_mlflow_tracking_records_the_training_run(slices, tmp_path):
     assert len(history) == 2  # 4 training slices, batch 2: one value per iteration
     assert 0 <= run.data.metrics["val_mean_dice"] <= 1
 
+    # the robustness sweep of the trained model is a second run of the same experiment, with the per-eps metrics
+    robust = _bundle_args(slices, tmp_path, "train.json", "robust_evaluate.json")
+    _bundle(*robust, "--epsilons", "[0.5, 4]", *tracking)
+    report = json.loads((tmp_path / "eval" / "robustness.json").read_text())
+    runs = client.search_runs([experiment.experiment_id])
+    (sweep,) = [r for r in runs if r.info.run_id != run.info.run_id]
+    assert sweep.info.status == "FINISHED"
+    for row in report["metrics"]:
+        suffix = "" if row["setting"] == "clean" else f"_eps{row['eps_levels']:g}"
+        assert sweep.data.metrics[f"dice{suffix}"] == pytest.approx(row["mean_dice"])
+        assert sweep.data.metrics[f"jaccard{suffix}"] == pytest.approx(row["mean_jaccard"])
+
+
+def test_tensorboard_logs_training_validation_and_the_sweep(slices, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    _bundle(*_bundle_args(slices, tmp_path, "train.json"), "--epochs", "2")
+    _bundle(*_bundle_args(slices, tmp_path, "train.json", "robust_evaluate.json"), "--epochs", "2", "--epsilons", "[2]")
+    logs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "eval" / "tensorboard")).Reload()
+    tags = ("train_iteration_loss", "val_mean_dice", "val_mean_iou", "dice", "dice_eps2", "jaccard_eps2")
+    scalars = {tag: [] for tag in tags}
+    for run in logs.Runs():
+        for tag in logs.GetAccumulator(run).Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.value for event in logs.Scalars(run, tag))
+    assert len(scalars["train_iteration_loss"]) == 4  # 2 epochs x 2 iterations
+    assert len(scalars["val_mean_dice"]) == 2 and len(scalars["val_mean_iou"]) == 2
+    report = json.loads((tmp_path / "eval" / "robustness.json").read_text())
+    assert scalars["dice"] == [pytest.approx(report["metrics"][0]["mean_dice"])]
+    assert scalars["dice_eps2"] == [pytest.approx(report["metrics"][1]["mean_dice"])]
+
 
 # --------------------------------------------------------------------------------------------------- determinism
 def test_same_seed_gives_identical_weights_and_sweeps(slices, tmp_path):
