@@ -1,4 +1,4 @@
-"""Datalists (2D slice folders, NIfTI files, DICOM series folders) and input checks."""
+"""Datalists (2D slice folders, NIfTI files, DICOM series folders), input checks and DICOM-SEG output."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from monai_advseg.data.checks import (
     is_nifti_file,
 )
 from monai_advseg.data.dicom import DicomSeriesReader, dicom_series_affine, find_dicom_series, load_dicom_series
+from monai_advseg.data.dicom_seg import PATIENT_STUDY_ATTRIBUTES, check_dicom_seg_source, write_dicom_seg
 from monai_advseg.data.folders import (
     check_datalist_files,
     load_datalist_json,
@@ -24,11 +25,13 @@ from monai_advseg.data.folders import (
 )
 
 __all__ = [
+    "PATIENT_STUDY_ATTRIBUTES",
     "DicomSeriesInfo",
     "DicomSeriesReader",
     "build_datalist",
     "check_datalist_files",
     "check_datalist_geometry",
+    "check_dicom_seg_source",
     "check_dicom_series",
     "check_finite",
     "check_geometry_match",
@@ -44,6 +47,7 @@ __all__ = [
     "paired_folder_datalist",
     "split_datalist",
     "write_datalist_json",
+    "write_dicom_seg",
 ]
 
 # datalist.py is also run as ``python -m monai_advseg.data.datalist``; importing it here eagerly would make runpy warn
