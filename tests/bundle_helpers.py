@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from monai.bundle import ConfigWorkflow
@@ -27,6 +28,10 @@ def link_subset(source: Path, target: Path, names: list[str], folders=("images",
 def workflow(bundle: str, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
     root = BUNDLES / bundle
     files = [str(root / "configs" / name) for name in configs]
+    # outputs go to a temporary folder unless a test names one: handlers such as TensorBoard's create theirs as soon
+    # as they are instantiated, and nothing may be written into the checkout
+    for key in ("output_dir", "ckpt_dir"):
+        overrides.setdefault(key, tempfile.mkdtemp(prefix=f"{bundle}_{key}_"))
     flow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         meta_file=str(root / "configs" / "metadata.json"),

@@ -39,3 +39,17 @@ def shared_dataset() -> Callable[[str], Path]:
         return path
 
     return _get
+
+
+def _bundle_tree() -> set[Path]:
+    return {path for path in (REPO_ROOT / "bundles").rglob("*") if "__pycache__" not in path.parts}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _source_tree_stays_clean():
+    """Tests write to temporary folders only: a bundle's default ``models/`` or ``eval/`` appearing in the checkout
+    means some test ran a bundle without redirecting its outputs."""
+    before = _bundle_tree()
+    yield
+    added = sorted(str(path.relative_to(REPO_ROOT)) for path in _bundle_tree() - before)
+    assert added == [], f"tests wrote into the bundle folders: {added[:10]}"
