@@ -33,6 +33,10 @@ SMALL = {
 }
 SECRET = "ZZSECRET^PATIENT"
 SECRET_ID = "SECRETID-4711"
+INSTITUTION = "ZZINSTITUTE"
+# the shipped series has blanked Study/Series UIDs, which a DICOM-SEG must reference; the private copy sets them
+STUDY_UID = "1.2.826.0.1.3680043.8.498.2001"
+SERIES_UID = "1.2.826.0.1.3680043.8.498.2002"
 
 
 def _cli_overrides(settings: dict) -> list[str]:
@@ -97,23 +101,25 @@ def trained(data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secret_series(totalseg, tmp_path_factory):
-    """A copy of the DICOM series whose PatientName and PatientID are known strings."""
+    """A copy of the DICOM series whose PatientName, PatientID and InstitutionName are known strings."""
     folder = tmp_path_factory.mktemp("private") / "series"
     folder.mkdir()
     for f in sorted((totalseg / "dicom").iterdir()):
         ds = pydicom.dcmread(f)
         ds.PatientName = SECRET
         ds.PatientID = SECRET_ID
+        ds.InstitutionName = INSTITUTION
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY_UID, SERIES_UID
         ds.save_as(folder / f.name)
     return folder
 
 
 @pytest.fixture(scope="module")
 def inferred(trained, totalseg, secret_series, tmp_path_factory):
-    """Inference through the CLI on the (renamed-patient) DICOM series and on a NIfTI file."""
+    """Inference through the CLI on the (renamed-patient) DICOM series and on a NIfTI file, with DICOM-SEG output."""
     out = tmp_path_factory.mktemp("inference") / "segmentations"
     inputs = [str(secret_series), str(totalseg / "nifti" / "example_ct_sm.nii.gz")]
-    settings = {"datalist": inputs, "ckpt_dir": str(trained / "models"), "output_dir": str(out)}
+    settings = {"datalist": inputs, "ckpt_dir": str(trained / "models"), "output_dir": str(out), "dicom_seg": "true"}
     result = bundle_cli(
         "run",
         "--config_file",
@@ -131,6 +137,7 @@ def test_properties_of_train_and_infer_workflows(data, totalseg):
     assert train.check_properties() == []
     nifti = [str(totalseg / "nifti" / "example_ct_sm.nii.gz")]
     assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti).check_properties() == []
+    assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti, dicom_seg="true").check_properties() == []
 
 
 def test_metadata_and_network_io_verify(totalseg, tmp_path):
@@ -189,21 +196,76 @@ def test_inference_writes_masks_in_the_original_geometry(inferred, secret_series
         assert pred.get_data_dtype() == np.uint8
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{secret_series.name}_seg.nii.gz", "example_ct_sm_seg.nii.gz"]
+        [f"{secret_series.name}_seg.nii.gz", f"{secret_series.name}_seg.dcm", "example_ct_sm_seg.nii.gz"]
     )
+
+
+def test_inference_writes_a_dicom_seg_of_the_series_prediction(inferred, secret_series):
+    highdicom = pytest.importorskip("highdicom")
+    out, result = inferred
+    seg = highdicom.seg.segread(out / f"{secret_series.name}_seg.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID and seg.StudyInstanceUID == STUDY_UID
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "spleen"]
+    pred = nib.load(out / f"{secret_series.name}_seg.nii.gz")
+    labels = np.asarray(pred.dataobj)
+    assert (labels > 0).any()  # the frame comparison below is not between empty masks
+    inverse = np.linalg.inv(pred.affine)
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(secret_series.iterdir())]
+    uids = [ds.file_meta.MediaStorageSOPInstanceUID for ds in headers]  # the data sets' SOPInstanceUID is blank
+    frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1, 2])
+    slices = set()
+    for ds, frame in zip(headers, frames, strict=True):
+        # the NIfTI voxel under the instance's first pixel: (0, 0, k) on the series grid (RAS = LPS with x, y negated)
+        voxel = inverse @ [
+            -float(ds.ImagePositionPatient[0]),
+            -float(ds.ImagePositionPatient[1]),
+            float(ds.ImagePositionPatient[2]),
+            1.0,
+        ]
+        k = int(round(voxel[2]))
+        np.testing.assert_allclose(voxel[:3], [0, 0, k], atol=1e-3)
+        slices.add(k)
+        for number in (1, 2):
+            np.testing.assert_array_equal(frame[..., number - 1], labels[:, :, k].T == number)
+    assert slices == set(range(20))
+    logs = result.stdout + result.stderr
+    assert "wrote DICOM-SEG" in logs
+    assert "no DICOM-SEG for" in logs and "example_ct_sm.nii.gz" in logs  # the NIfTI input: one warning, no SEG
+
+
+def test_dicom_seg_refuses_a_series_without_uids_before_writing(totalseg, tmp_path):
+    out = tmp_path / "segmentations"
+    with pytest.raises(Exception) as error:
+        workflow(
+            BUNDLE,
+            ["inference.json"],
+            "infer",
+            datalist=[str(totalseg / "dicom")],
+            output_dir=str(out),
+            dicom_seg="true",
+        )
+    text = _messages(error.value)
+    assert "StudyInstanceUID" in text and str(totalseg / "dicom") in text
+    assert not out.exists()
 
 
 def test_no_patient_identifier_in_outputs_or_logs(inferred, secret_series):
     assert pydicom.dcmread(next(secret_series.iterdir())).PatientName == SECRET  # the input does hold it
     out, result = inferred
     logs = result.stdout + result.stderr
-    assert "writing" in logs  # the logs were captured
-    for secret in (SECRET, "ZZSECRET", SECRET_ID):
+    assert "writing" in logs and "wrote DICOM-SEG" in logs  # the logs were captured
+    for secret in (SECRET, "ZZSECRET", SECRET_ID, INSTITUTION):
         assert secret not in logs
         for path in out.iterdir():
+            if path.suffix == ".dcm":
+                continue  # the DICOM-SEG carries the Patient module by design; checked below
             content = path.read_bytes()
             content = gzip.decompress(content) if path.suffix == ".gz" else content
             assert secret.encode() not in content, path
+    seg = pydicom.dcmread(out / f"{secret_series.name}_seg.dcm")
+    assert str(seg.PatientName) == SECRET and seg.PatientID == SECRET_ID  # same patient: required
+    assert INSTITUTION.encode() not in (out / f"{secret_series.name}_seg.dcm").read_bytes()
+    assert "InstitutionName" not in seg and "OperatorsName" not in seg and not seg.get("ReferringPhysicianName")
 
 
 def test_robust_sweep_through_the_sliding_window_writes_the_report(data, trained, tmp_path):
