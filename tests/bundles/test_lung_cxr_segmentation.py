@@ -79,7 +79,7 @@ def test_training_recipe_is_the_papers(cxr):
 def test_plateau_schedule_steps_on_the_epoch_mean_training_loss(cxr, tmp_path):
     flow = run_workflow(BUNDLE, ["train.json"], dataset_dir=str(cxr), ckpt_dir=str(tmp_path), **SMALL)
     parse = flow.parser.get_parsed_content
-    losses = parse("train#trainer").state.metrics["train_loss"]
+    losses = parse("train#trainer").state.metrics["train_epoch_loss"]
     assert 0 < losses < 10
     assert parse("lr_scheduler").best == pytest.approx(losses)  # ReduceLROnPlateau saw the epoch's mean loss
 
