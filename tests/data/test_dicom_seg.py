@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -239,3 +240,12 @@ def test_transform_writes_next_to_the_nifti_and_skips_nifti_inputs(dcmqi, tmp_pa
     assert "not a DICOM series folder" in caplog.text and len(caplog.records) == 1
     WriteDicomSegd("pred", {1: "liver"}, enabled=False)({"pred": pred})  # no-op: no FileExistsError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_seg.dcm"]
+
+
+def test_missing_highdicom_names_the_extra(dcmqi, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install monai_advseg\[dicom\]"):
+        write_dicom_seg(np.zeros((512, 512, 3)), dcmqi / "dicom", tmp_path / "a.dcm", {1: "liver"}, affine=np.eye(4))
+    with pytest.raises(ImportError, match="highdicom"):
+        check_dicom_seg_source(dcmqi / "dicom")
+    assert list(tmp_path.iterdir()) == []
