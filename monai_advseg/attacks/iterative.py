@@ -44,6 +44,7 @@ def _step_counts(steps: int | torch.Tensor | None, eps: torch.Tensor, alpha: tor
     return counts.cpu()
 
 
+@torch.inference_mode(False)  # evaluators may call from inference mode; the iterates must be autograd tensors
 def _iterate(
     network: nn.Module,
     image: torch.Tensor,

@@ -136,3 +136,29 @@ def test_iterative_bad_inputs():
         iterative_fgsm(network, image, label, 0.1, alpha=0.01, steps=-1)
     with pytest.raises(ValueError, match="steps must be"):
         pgd(network, image, label, 0.1, alpha=0.01, steps=torch.tensor([1, 2, 3]))
+
+
+ITERATIVE_ATTACKS = {
+    "iterative_fgsm": lambda net, x, y: iterative_fgsm(net, x, y, 0.05, alpha=0.02, clip_range=(0, 1)),
+    "pgd": lambda net, x, y: pgd(
+        net, x, y, 0.05, alpha=0.02, steps=3, generator=torch.Generator().manual_seed(1), clip_range=(0, 1)
+    ),
+    "segpgd": lambda net, x, y: segpgd(
+        net, x, y, 0.05, alpha=0.02, steps=3, generator=torch.Generator().manual_seed(1), clip_range=(0, 1)
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ITERATIVE_ATTACKS))
+def test_iterative_attacks_work_under_no_grad_and_inference_mode(name):
+    attack = ITERATIVE_ATTACKS[name]
+    network = small_unet()
+    image, label = disk_batch(2)
+    reference = attack(network, image, label)
+    assert not torch.equal(reference, image)
+    with torch.no_grad():
+        assert torch.equal(attack(network, image, label), reference)
+    with torch.inference_mode():
+        result = attack(network, image.clone(), label.clone())
+    assert torch.equal(result, reference)
+    assert not result.requires_grad
