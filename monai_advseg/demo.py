@@ -36,6 +36,7 @@ __all__ = ["DemoSettings", "main", "run_demo", "synthetic_ct_slices"]
 #: Soft-tissue window of the synthetic data, in HU: what the network sees as [0, 1].
 HU_WINDOW = (-160.0, 240.0)
 MODELS = {"unet": "none", "unet_fgsm_inverse": "both", "nlce_unet": "none"}
+DEMO_OUTPUTS = (*MODELS, "comparison.png", "summary.json")
 
 
 class DemoSettings:
@@ -161,7 +162,7 @@ def run_demo(output_dir: Path, dataset_dir: Path | None = None, quick: bool = Fa
             epsilons=settings.epsilons,
             intensity_range=(0.0, 1.0),
             output_dir=output_dir / name,
-            progress=False,
+            progress=None,  # a bar over epsilons x batches on a terminal, quiet in logs
             config={"demo": True, "model": name, "augmentation": MODELS[name], "data": source, "seed": seed},
         )
         evaluator.run()
@@ -196,7 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.overwrite:
             print(f"error: {args.output_dir} exists and is not empty; pass --overwrite to replace it", file=sys.stderr)
             return 2
-        shutil.rmtree(args.output_dir)
+        foreign = sorted(p.name for p in args.output_dir.iterdir() if p.name not in DEMO_OUTPUTS)
+        if foreign:  # --overwrite replaces an earlier demo's output, never a folder holding anything else
+            print(
+                f"error: {args.output_dir} holds files the demo did not write ({', '.join(foreign[:5])}); "
+                "--overwrite only replaces an earlier demo output, choose another --output_dir",
+                file=sys.stderr,
+            )
+            return 2
+        for name in DEMO_OUTPUTS:
+            path = args.output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     reports = run_demo(args.output_dir, args.dataset_dir, args.quick, args.seed)
     summary = {name: report["metrics"] for name, report in reports.items()}

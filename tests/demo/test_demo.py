@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import torch
+from bundle_helpers import link_subset
 
 from monai_advseg.demo import HU_WINDOW, synthetic_ct_slices, window
+from monai_advseg.demo import main as demo_main
 
 
 def test_synthetic_slices_are_ct_like_in_hounsfield_units():
@@ -36,3 +38,27 @@ def test_demo_quick_run_leaves_reports_and_figure(tmp_path):
     assert set(summary) == {"unet", "unet_fgsm_inverse", "nlce_unet"}
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists and is not empty" in again.stderr
+
+
+def test_overwrite_replaces_only_an_earlier_demo_output(tmp_path, capsys):
+    folder = tmp_path / "not_a_demo"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "summary.json").write_text("{}")
+    assert demo_main(["--output_dir", str(folder), "--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "keep me" and (folder / "summary.json").exists()
+
+
+def test_demo_on_real_slices_with_dataset_dir(shared_dataset, tmp_path, capsys):
+    source = shared_dataset("ct_covid_medseg_infnet") / "train"
+    data = link_subset(source, tmp_path / "data", [str(i) for i in range(12)])
+    output = tmp_path / "out"
+    assert demo_main(["--output_dir", str(output), "--dataset_dir", str(data), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert f"data: {data}" in printed
+    summary = json.loads((output / "summary.json").read_text())
+    for name, rows in summary.items():
+        report = json.loads((output / name / "robustness.json").read_text())
+        assert report["config"]["data"] == str(data)
+        assert [row["mean_dice"] for row in rows] == [row["mean_dice"] for row in report["metrics"]]
