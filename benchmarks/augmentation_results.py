@@ -175,7 +175,34 @@ def markdown(results: dict, args) -> str:
             cells += [f"{row[f'dice@{e}'][0]:.4f}" for e in ROBUSTNESS_EPSILONS[1:]]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [f"![Dice vs FGSM epsilon, mean +- std over seeds]({args.output.name}.png)", ""]
     return "\n".join(lines)
+
+
+def figure(results: dict, path: Path) -> Path:
+    """Dice vs FGSM epsilon per variant (mean +- std over seeds), one panel per data set; offline variants dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["summary"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        for variant, row in results["summary"][name].items():
+            epsilons = [float(e) for e in ROBUSTNESS_EPSILONS]
+            means = [row[f"dice@{e}"][0] for e in ROBUSTNESS_EPSILONS]
+            stds = [row[f"dice@{e}"][1] for e in ROBUSTNESS_EPSILONS]
+            style = "--" if variant.startswith("offline") else "-"
+            axis.errorbar(epsilons, means, yerr=stds, linestyle=style, marker="o", capsize=3, label=variant)
+        axis.set(title=f"{name}: Dice under untargeted FGSM", xlabel="epsilon (on [0, 1] inputs)", ylabel="Dice")
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -186,7 +213,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["medseg", "msd"], choices=["medseg", "msd"])
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "adversarial_augmentation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust to a shared machine)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="redraw the figure from an existing OUTPUT.json, no training"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        print(figure(json.loads(args.output.with_suffix(".json").read_text()), args.output.with_suffix(".png")))
+        return
     torch.set_num_threads(args.threads)
     loaders = {"medseg": lambda: load_medseg(args.size), "msd": load_msd}
     raw = {name: run_dataset(name, loaders[name](), args.seeds, args.epochs) for name in args.datasets}
@@ -195,6 +228,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
     args.output.with_suffix(".md").write_text(markdown(results, args))
+    figure(results, args.output.with_suffix(".png"))
     first = results["summary"][args.datasets[0]]
     print(f"IoU gain of online FGSM + inverse FGSM over U-Net on {args.datasets[0]}:")
     print(f"{first['both']['iou@0.0'][0] - first['none']['iou@0.0'][0]:+.4f}")
