@@ -11,6 +11,7 @@ from monai_advseg.data.checks import (
     check_finite,
     check_geometry_match,
     check_image_file,
+    check_image_files,
     check_nifti_file,
     is_dicom_file,
     is_nifti_file,
@@ -23,11 +24,13 @@ from monai_advseg.data.folders import (
     paired_folder_datalist,
     split_datalist,
 )
+from monai_advseg.data.output import StagedOutputFolder
 
 __all__ = [
     "PATIENT_STUDY_ATTRIBUTES",
     "DicomSeriesInfo",
     "DicomSeriesReader",
+    "StagedOutputFolder",
     "build_datalist",
     "check_datalist_files",
     "check_datalist_geometry",
@@ -36,6 +39,7 @@ __all__ = [
     "check_finite",
     "check_geometry_match",
     "check_image_file",
+    "check_image_files",
     "check_nifti_file",
     "dicom_series_affine",
     "find_dicom_series",

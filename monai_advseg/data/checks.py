@@ -9,6 +9,7 @@ PatientBirthDate, ...) are never read into a message, a log record or a returned
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -25,10 +26,13 @@ __all__ = [
     "check_finite",
     "check_geometry_match",
     "check_image_file",
+    "check_image_files",
     "check_nifti_file",
     "is_dicom_file",
     "is_nifti_file",
 ]
+
+logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -394,6 +398,37 @@ def check_image_file(
     if is_dicom_file(path):
         raise ValueError(f"{path}: a single DICOM file is not a volume; give its series folder instead")
     raise ValueError(f"{path}: unsupported image format (expected NIfTI, a DICOM series folder or {PIL_SUFFIXES})")
+
+
+def check_image_files(
+    paths: Sequence[str | os.PathLike], expected_ndim: int | None = 3, check_values: bool = True
+) -> list[tuple[tuple[int, ...], np.ndarray | None]]:
+    """Check every input of a run with :func:`check_image_file`, before anything is written.
+
+    The first failure is logged as one ``ERROR`` line (``bad input: <file>: <reason>``) and re-raised: a bundle's
+    config machinery wraps exceptions in its own ``RuntimeError``, whose last traceback line does not name the file.
+
+    Args:
+        paths: NIfTI files, DICOM series folders or 2D image files.
+        expected_ndim: required number of spatial dimensions (``None`` accepts any).
+        check_values: decode every voxel of every input (one full read each; finds truncated or corrupt files,
+            undecodable DICOM pixel data and NaN/Inf voxels).
+
+    Returns:
+        ``(shape, affine)`` per input, as :func:`check_image_file`.
+
+    Raises:
+        FileNotFoundError, ValueError: on the first input that fails, naming it and the reason.
+    """
+    results = []
+    for path in paths:
+        try:
+            results.append(check_image_file(path, expected_ndim=expected_ndim, check_values=check_values))
+        except (OSError, ValueError) as e:
+            logger.error("bad input: %s", e)
+            raise
+    logger.info("checked %d input(s)%s", len(results), " (all voxels read)" if check_values else " (headers only)")
+    return results
 
 
 def check_datalist_geometry(
