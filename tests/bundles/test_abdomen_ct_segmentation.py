@@ -398,3 +398,139 @@ def _messages(error: BaseException) -> str:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
     return "\n".join(texts)
+
+
+@pytest.fixture(scope="module")
+def untrained_models(tmp_path_factory):
+    """``model.pt`` of the tiny network with its initial weights: enough for tests of input and output handling."""
+    folder = tmp_path_factory.mktemp("untrained") / "models"
+    folder.mkdir()
+    flow = workflow(BUNDLE, ["inference.json"], "infer", datalist=[], **TINY_NET)
+    torch.save(flow.parser.get_parsed_content("network_def").state_dict(), folder / "model.pt")
+    return folder
+
+
+def _bad_inference_input(kind: str, totalseg, folder):
+    """A bad input of ``kind`` in ``folder`` and the reason its error must give."""
+    source = totalseg / "nifti" / "example_ct_sm.nii.gz"
+    if kind == "truncated_nifti":
+        data = source.read_bytes()
+        (folder / "truncated.nii.gz").write_bytes(data[: len(data) // 2])  # the header still parses
+        return folder / "truncated.nii.gz", "NIfTI data is truncated or corrupt"
+    if kind == "nan_voxels":
+        image = nib.load(source)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        data[60, 50, 15] = np.nan
+        nib.save(nib.Nifti1Image(data, image.affine), folder / "nanvol.nii.gz")
+        return folder / "nanvol.nii.gz", "image holds non-finite voxels (1 NaN, 0 Inf of 369660)"
+    if kind == "four_d":
+        image = nib.load(source)
+        data = np.asarray(image.dataobj)
+        nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), image.affine), folder / "twophase.nii.gz")
+        return folder / "twophase.nii.gz", "image has 4 dimensions, shape (122, 101, 30, 2); expected a 3D image"
+    if kind == "missing_file":
+        return folder / "gone" / "case7.nii.gz", "image file not found"
+    if kind == "empty_dicom_folder":
+        (folder / "series_empty").mkdir()
+        return folder / "series_empty", "DICOM series folder is empty"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated_nifti", "nan_voxels", "four_d", "missing_file", "empty_dicom_folder"])
+def test_inference_cli_fails_on_bad_input_before_writing(kind, totalseg, untrained_models, tmp_path):
+    """A good input first, the bad one second: the run exits non-zero naming the bad input and the reason, and
+    neither the output folder nor a staging folder is left (the good input's prediction was not written either)."""
+    bad, reason = _bad_inference_input(kind, totalseg, tmp_path)
+    out = tmp_path / "results" / "segmentations"
+    settings = {
+        "datalist": [str(totalseg / "nifti" / "example_ct_sm.nii.gz"), str(bad)],
+        "ckpt_dir": str(untrained_models),
+        "output_dir": str(out),
+        "spatial_size": [32, 32, 32],
+        **TINY_NET,
+    }
+    result = bundle_cli(
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(BUNDLES / BUNDLE),
+        *_cli_overrides(settings),
+    )
+    assert result.returncode != 0
+    logs = result.stdout + result.stderr
+    assert f"ERROR - bad input: {bad}: {reason}" in result.stdout, logs[-3000:]  # one line in the bundle log
+    assert f"ValueError: {bad}: {reason}" in result.stderr or f"FileNotFoundError: {bad}: {reason}" in result.stderr
+    assert not (tmp_path / "results").exists()  # not even the parent: inputs are checked before anything is made
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_folder", "overwrite_existing"])
+def test_failure_during_inference_leaves_no_partial_output(existing, totalseg, untrained_models, tmp_path):
+    """With the input checks switched off a truncated second input fails inside the run, after the first prediction
+    was written: that prediction goes with the staging folder, and an existing output folder keeps its files."""
+    import os
+
+    from monai_advseg.data import StagedOutputFolder
+
+    truncated, _ = _bad_inference_input("truncated_nifti", totalseg, tmp_path)
+    out = tmp_path / "segmentations"
+    if existing:
+        out.mkdir()
+        (out / "example_ct_sm_seg.nii.gz").write_bytes(b"an earlier result")
+    staged = []
+    discard = StagedOutputFolder.discard
+
+    def spy(self):
+        staged.extend(sorted(os.listdir(self.staging_dir)))
+        discard(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StagedOutputFolder, "discard", spy)
+        with pytest.raises(Exception) as error:
+            run_workflow(
+                BUNDLE,
+                ["inference.json"],
+                "infer",
+                datalist=[str(totalseg / "nifti" / "example_ct_sm.nii.gz"), str(truncated)],
+                check_inputs="$[]",
+                ckpt_dir=str(untrained_models),
+                output_dir=str(out),
+                overwrite=existing,
+                spatial_size=[32, 32, 32],
+                **TINY_NET,
+            )
+    assert "end-of-stream marker" in _messages(error.value)  # the reader's own error: the checks were off
+    assert staged == ["example_ct_sm_seg.nii.gz"]  # the first prediction had been written when the run failed
+    if existing:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentations", "truncated.nii.gz"]
+        assert [p.name for p in out.iterdir()] == ["example_ct_sm_seg.nii.gz"]
+        assert (out / "example_ct_sm_seg.nii.gz").read_bytes() == b"an earlier result"
+    else:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["truncated.nii.gz"]
+
+
+def test_overwrite_replaces_same_named_predictions_and_keeps_other_files(totalseg, untrained_models, tmp_path):
+    out = tmp_path / "segmentations"
+    out.mkdir()
+    (out / "example_ct_sm_seg.nii.gz").write_bytes(b"an earlier result")
+    (out / "notes.txt").write_text("kept")
+    run_workflow(
+        BUNDLE,
+        ["inference.json"],
+        "infer",
+        datalist=[str(totalseg / "nifti" / "example_ct_sm.nii.gz")],
+        ckpt_dir=str(untrained_models),
+        output_dir=str(out),
+        overwrite="true",
+        spatial_size=[32, 32, 32],
+        **TINY_NET,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentations"]  # the staging folder is gone
+    assert sorted(p.name for p in out.iterdir()) == ["example_ct_sm_seg.nii.gz", "notes.txt"]
+    assert nib.load(out / "example_ct_sm_seg.nii.gz").shape == (122, 101, 30)
+    assert (out / "notes.txt").read_text() == "kept"
+
+
+def test_successful_inference_leaves_no_staging_folder(inferred):
+    out, _ = inferred
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
