@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -248,3 +249,30 @@ def test_cli_on_real_folders(shared_dataset, tmp_path):
     assert items == [{"image": str((root / "dicom").resolve()), "label": str(label.resolve())}]  # absolute, resolved
     again = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "output exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("missing_slice", r"irregular slice spacing: 4\.000 mm between .* steps 2\.000 mm"),
+        ("two_series", r"2 DICOM series are mixed in one folder"),
+    ],
+)
+def test_cli_exits_non_zero_on_a_bad_series_and_writes_nothing(series20, series3, tmp_path, kind, reason):
+    """``python -m monai_advseg.data.datalist`` in a fresh interpreter: exit status 1, one message naming the series
+    folder and the reason on stderr, no traceback, and no output (nor a temporary file) in the output folder."""
+    if kind == "missing_slice":
+        sorted(series20.iterdir())[10].unlink()
+    else:
+        for f in series3.iterdir():
+            shutil.copy(f, series20 / f.name)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    cmd = [sys.executable, "-m", "monai_advseg.data.datalist", str(series20), "-o", str(out_dir / "datalist.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.search(rf"^error: {re.escape(str(series20))}: {reason}", errors[0]), done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(out_dir.iterdir()) == []
