@@ -534,3 +534,26 @@ def test_overwrite_replaces_same_named_predictions_and_keeps_other_files(totalse
 def test_successful_inference_leaves_no_staging_folder(inferred):
     out, _ = inferred
     assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def test_inference_needs_the_training_label_ids(totalseg, tmp_path):
+    """The README's rule: inference.json does not read train.json, so ``label_ids`` must be repeated. A checkpoint of
+    four organs fails to load with the default two (no output left) and runs with the training's ``label_ids``."""
+    four = {"label_ids": [5, 1, 2, 3], "label_names": ["liver", "spleen", "kidney_right", "kidney_left"]}
+    (tmp_path / "models").mkdir()
+    network = workflow(BUNDLE, ["train.json"], datalist={"training": []}, **four, **TINY_NET).parser.get_parsed_content(
+        "network_def"
+    )
+    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    settings = dict(
+        datalist=[str(totalseg / "nifti" / "example_ct_sm.nii.gz")],
+        ckpt_dir=str(tmp_path / "models"),
+        spatial_size=[32, 32, 32],
+        **TINY_NET,
+    )
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["inference.json"], "infer", output_dir=str(tmp_path / "default"), **settings)
+    assert "size mismatch" in _messages(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+    run_workflow(BUNDLE, ["inference.json"], "infer", output_dir=str(tmp_path / "four"), **settings, **four)
+    assert [p.name for p in (tmp_path / "four").iterdir()] == ["example_ct_sm_seg.nii.gz"]
