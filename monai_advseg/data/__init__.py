@@ -23,6 +23,7 @@ from monai_advseg.data.folders import (
     load_datalist_json,
     paired_folder_datalist,
     split_datalist,
+    train_val_items,
 )
 from monai_advseg.data.output import StagedOutputFolder
 
@@ -50,6 +51,7 @@ __all__ = [
     "load_dicom_series",
     "paired_folder_datalist",
     "split_datalist",
+    "train_val_items",
     "write_datalist_json",
     "write_dicom_seg",
 ]

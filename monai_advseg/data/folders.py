@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ __all__ = [
     "paired_folder_datalist",
     "split_datalist",
     "strip_suffix",
+    "train_val_items",
 ]
 
 logger = logging.getLogger(__name__)
@@ -181,3 +183,46 @@ def load_datalist_json(
     if check_files:
         check_datalist_files(items, source=f"{path} [{key}]")
     return items
+
+
+def train_val_items(
+    datalist: Sequence[dict] | dict | str | os.PathLike, val_fraction: float, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Training and validation items from a datalist in any of the forms a bundle's ``datalist`` override takes.
+
+    Args:
+        datalist: a list of items (e.g. from :func:`paired_folder_datalist`); a decathlon-style dictionary with a
+            ``"training"`` and optionally a ``"validation"`` list; or the path of such a JSON file (relative paths are
+            relative to the file's folder, see :func:`load_datalist_json`).
+        val_fraction: share of the training items held out for validation, used when the datalist has no non-empty
+            ``"validation"`` list of its own (see :func:`split_datalist`).
+        seed: split seed.
+
+    Returns:
+        ``(train, validation)``: the datalist's own lists when it has a non-empty ``"validation"``, else the
+        reproducible split of its (training) items.
+
+    Raises:
+        FileNotFoundError: when the JSON file or an ``image`` / ``label`` path of an item does not exist (the message
+            names the datalist and the paths).
+        ValueError: on a malformed datalist, or a split that is impossible (see :func:`split_datalist`).
+    """
+    if isinstance(datalist, (str, os.PathLike)):
+        path = Path(datalist)
+        train = load_datalist_json(path, "training")
+        try:
+            has_validation = bool(json.loads(path.read_text()).get("validation"))
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"{path}: not a valid datalist JSON ({type(e).__name__}: {e})") from e
+        if has_validation:
+            return train, load_datalist_json(path, "validation")
+        return split_datalist(train, val_fraction, seed)
+    if isinstance(datalist, dict):
+        if "training" not in datalist:
+            raise ValueError(f"datalist dictionary has no 'training' list (keys: {sorted(datalist)})")
+        train, val = list(datalist["training"]), list(datalist.get("validation") or [])
+        check_datalist_files(train + val, source="datalist")
+        return (train, val) if val else split_datalist(train, val_fraction, seed)
+    items = list(datalist)
+    check_datalist_files(items, source="datalist")
+    return split_datalist(items, val_fraction, seed)

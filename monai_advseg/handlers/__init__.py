@@ -1,4 +1,4 @@
-"""Ignite handlers and report writers."""
+"""Ignite handlers, report writers and checks that an earlier run's outputs are not replaced silently."""
 
 from monai_advseg.handlers.checkpoint import (
     AtomicCheckpointSaver,
@@ -6,7 +6,9 @@ from monai_advseg.handlers.checkpoint import (
     BestMetricState,
     RandomState,
     attach_resume,
+    check_checkpoint_files,
 )
+from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, saved_image_files
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
     RobustnessReportWriter,
@@ -30,4 +32,8 @@ __all__ = [
     "BestMetricState",
     "RandomState",
     "attach_resume",
+    "check_checkpoint_files",
+    "check_new_files",
+    "metrics_saver_files",
+    "saved_image_files",
 ]

@@ -7,13 +7,14 @@
   generators and of an evaluator's best metric, so they can be saved with the network, optimizer and trainer state and
   loaded back with ``torch.load(..., weights_only=True)`` (tensors, numbers, strings and containers only).
 - :func:`attach_resume`: attach a ``CheckpointLoader`` to a trainer when resuming is requested.
+- :func:`check_checkpoint_files`: refuse to start a fresh training run over existing checkpoints unless asked to.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_advseg.engines.flags import as_flag
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "BestMetricState", "RandomState", "attach_resume"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "BestMetricState",
+    "RandomState",
+    "attach_resume",
+    "check_checkpoint_files",
+]
 
 _CHECKPOINTS = ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")
 
@@ -171,3 +179,62 @@ def attach_resume(loader: CheckpointLoader, engine: Engine, resume: bool | str) 
         raise FileNotFoundError(f"resume requested but no checkpoint at {path} (train once first, or use resume=auto)")
     loader.attach(engine)
     return True
+
+
+def _is_auto(resume: bool | str) -> bool:
+    return isinstance(resume, str) and resume.strip().lower() == "auto"
+
+
+def check_checkpoint_files(
+    resume_path: str | Path,
+    other_paths: Sequence[str | Path] = (),
+    resume: bool | str = False,
+    overwrite: bool | str = False,
+) -> list[Path]:
+    """Refuse to start a fresh training run over the checkpoints of an earlier one, unless asked to.
+
+    Call it before training (a bundle's ``initialize``): a fresh run (not resuming) would replace ``resume_path``
+    (``checkpoint.pt``) and ``other_paths`` (``model.pt``) as it saves, silently losing the earlier run.
+
+    Args:
+        resume_path: the resume checkpoint the run writes and ``resume`` reads.
+        other_paths: further files the run writes (the best model).
+        resume: ``true`` / ``"auto"`` continue from ``resume_path`` (``"auto"`` only when it exists), so nothing is
+            refused; ``false`` starts fresh.
+        overwrite: let a fresh run replace the existing files (each is replaced when the run first saves it; until
+            then the earlier file stays).
+
+    Returns:
+        The existing files a fresh run will replace (empty when resuming or when there are none).
+
+    Raises:
+        FileExistsError: a fresh run without ``overwrite`` over existing files; the message names them.
+        ValueError: ``overwrite`` together with ``resume`` (``true`` or ``"auto"``), or a value that is not a switch.
+    """
+    resume_path = Path(resume_path)
+    replace = as_flag(overwrite, "overwrite")
+    auto = _is_auto(resume)
+    if auto or as_flag(resume, "resume"):
+        if replace:
+            raise ValueError(
+                f"resume={resume!r} and overwrite=true contradict each other: pass --resume to continue from "
+                f"{resume_path}, or --overwrite true to start afresh and replace it"
+            )
+        if not auto or resume_path.is_file():
+            return []
+    existing = [path for path in (resume_path, *map(Path, other_paths)) if path.exists()]
+    if existing and not replace:
+        names = ", ".join(str(path) for path in existing)
+        if resume_path.is_file():
+            choice = f"pass --resume true to continue training from {resume_path}, or --overwrite true to replace them"
+        else:
+            choice = f"pass --overwrite true to replace them (--resume true needs {resume_path}, which does not exist)"
+        raise FileExistsError(
+            f"a fresh training run would replace the existing checkpoint(s) {names}; {choice} "
+            "(or choose another --ckpt_dir)"
+        )
+    if existing:
+        logging.getLogger(__name__).warning(
+            "overwrite=true: this run replaces %s as it saves", ", ".join(str(path) for path in existing)
+        )
+    return existing
