@@ -53,7 +53,7 @@ def ddp_trained(cxr, tmp_path_factory):
 
 
 def _plain_network() -> torch.nn.Module:
-    flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused", all_items=[])
+    flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused", datalist=[])
     return flow.parser.get_parsed_content("network_def")
 
 
