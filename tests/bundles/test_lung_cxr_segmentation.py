@@ -198,3 +198,21 @@ def _chain(error: BaseException):
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
+
+
+def test_datalist_json_replaces_the_folder_pairing(cxr, tmp_path):
+    items = [{"image": str(cxr / "images" / f"{n}.png"), "label": str(cxr / "masks" / f"{n}.png")} for n in NAMES]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": items[:4], "validation": items[4:]}))
+    flow = workflow(BUNDLE, ["train.json"], dataset_dir="/nonexistent", datalist=str(datalist), ckpt_dir=str(tmp_path))
+    assert flow.parser.get_parsed_content("val_items") == items[4:]
+    assert sorted(flow.parser.get_parsed_content("train_items"), key=str) == sorted(items[:4], key=str)
+    datalist.write_text(
+        json.dumps({"training": [*items, {"image": str(tmp_path / "gone.png"), "label": items[0]["label"]}]})
+    )
+    flow = workflow(BUNDLE, ["train.json"], datalist=str(datalist), ckpt_dir=str(tmp_path))
+    with pytest.raises(Exception) as error:  # noqa: B017 - MONAI wraps the FileNotFoundError; the chain is checked
+        flow.parser.get_parsed_content("train_items")
+    assert f"{datalist} [training]: 1 path(s) do not exist: image={tmp_path / 'gone.png'}" in "".join(
+        str(e) for e in _chain(error.value)
+    )

@@ -10,6 +10,7 @@ import pytest
 import torch
 from bundle_helpers import BUNDLES, bundle_cli, link_subset, run_workflow, workflow
 from monai.transforms import LoadImage
+from PIL import Image
 
 BUNDLE = "lung_lesion_ct_segmentation"
 SMALL = {"spatial_size": [32, 32], "batch_size": 2, "epochs": 1}
@@ -174,3 +175,57 @@ def _chain(error: BaseException):
     while error is not None:
         yield error
         error = error.__cause__ or error.__context__
+
+
+def _nifti_slices(slices, folder):
+    """The JPEG slices and PNG masks rewritten as NIfTI 2D slices (same pixels), with a relative-path datalist."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    items = []
+    for name in NAMES:
+        image = np.asarray(Image.open(slices / "images" / f"{name}.jpg").convert("L"))
+        mask = np.asarray(Image.open(slices / "masks" / f"{name}.png").convert("L"))
+        nib.save(nib.Nifti1Image(image, np.eye(4)), folder / "images" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), folder / "masks" / f"{name}.nii.gz")
+        items.append({"image": f"images/{name}.nii.gz", "label": f"masks/{name}.nii.gz"})
+    return items
+
+
+def test_datalist_json_of_nifti_slices_trains_and_the_checkpoint_loads(slices, tmp_path):
+    items = _nifti_slices(slices, tmp_path / "nifti")
+    datalist = tmp_path / "nifti" / "datalist.json"
+    datalist.write_text(json.dumps({"training": items[:4], "validation": items[4:]}))
+    settings = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **SMALL)
+    # dataset_dir points nowhere: the datalist replaces the folder pairing
+    flow = run_workflow(BUNDLE, ["train.json"], dataset_dir="/nonexistent", datalist=str(datalist), **settings)
+    parse = flow.parser.get_parsed_content
+    absolute = [{key: str(tmp_path / "nifti" / value) for key, value in item.items()} for item in items]
+    assert parse("val_items") == absolute[4:]  # the datalist's own validation list, paths relative to the JSON
+    assert sorted(parse("train_items"), key=str) == sorted(absolute[:4], key=str)
+    assert parse("train#trainer").state.iteration == 2  # 4 training slices, batch 2
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)  # after validation
+    parse("network_def").load_state_dict(state)
+    assert parse("validate#evaluator").state.metrics["val_mean_dice"] >= 0
+
+    # without a validation list the items are split by val_fraction and seed, as the folder pairing is
+    datalist.write_text(json.dumps({"training": items}))
+    flow = workflow(BUNDLE, ["train.json"], datalist=str(datalist), **{**settings, "ckpt_dir": str(tmp_path / "m2")})
+    train, val = flow.parser.get_parsed_content("train_items"), flow.parser.get_parsed_content("val_items")
+    assert len(train) == 5 and len(val) == 1 and sorted(train + val, key=str) == sorted(absolute, key=str)
+    folder = workflow(
+        BUNDLE, ["train.json"], dataset_dir=str(tmp_path / "nifti"), **{**settings, "ckpt_dir": str(tmp_path / "m3")}
+    )
+    assert [item["image"] for item in folder.parser.get_parsed_content("val_items")] == [v["image"] for v in val]
+
+
+def test_datalist_with_a_missing_file_fails_naming_it_before_training(slices, tmp_path):
+    items = _nifti_slices(slices, tmp_path / "nifti")
+    items[2]["label"] = "masks/absent.nii.gz"
+    datalist = tmp_path / "nifti" / "datalist.json"
+    datalist.write_text(json.dumps({"training": items}))
+    settings = dict(ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"), **SMALL)
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["train.json"], datalist=str(datalist), **settings)
+    text = "".join(str(e) for e in _chain(error.value))
+    assert str(tmp_path / "nifti" / "masks" / "absent.nii.gz") in text and str(datalist) in text
+    assert not (tmp_path / "models").exists()  # no checkpoint: training never started
