@@ -8,6 +8,7 @@ run instead of silently skipping it.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,22 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MONAI_ADVSEG_DATA", REPO_ROOT.parent / "shared" / "data"))
 REQUIRE_DATA = os.environ.get("MONAI_ADVSEG_REQUIRE_DATA", "0") == "1"
+
+try:  # hypothesis is a test extra; without it the property tests fail to import, the rest of the suite still runs
+    from hypothesis import settings as hypothesis_settings
+except ImportError:  # pragma: no cover
+    hypothesis_settings = None
+if hypothesis_settings is not None:
+    # No example database, so nothing is written into the checkout (no .hypothesis/ folder). No deadline: timings on
+    # the shared CPUs vary too much for hypothesis' 200 ms default (the tests keep their example counts small).
+    hypothesis_settings.register_profile("monai_advseg", database=None, deadline=None)
+    hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "monai_advseg"))
+    # Hypothesis also caches the constants it mines from source files under <cwd>/.hypothesis; keep that out too.
+    from hypothesis import configuration as hypothesis_configuration
+
+    set_home = getattr(hypothesis_configuration, "set_hypothesis_home_dir", None)
+    if set_home is not None and "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
+        set_home(Path(tempfile.gettempdir()) / "monai_advseg-hypothesis")
 
 
 @pytest.fixture(autouse=True)
