@@ -162,3 +162,41 @@ def test_iterative_attacks_work_under_no_grad_and_inference_mode(name):
         result = attack(network, image.clone(), label.clone())
     assert torch.equal(result, reference)
     assert not result.requires_grad
+
+
+def test_segpgd_weights_are_t_over_2T_per_sample_at_every_step(monkeypatch):
+    import monai_advseg.attacks.iterative as iterative
+
+    calls = []
+    real_loss = iterative.segpgd_loss
+
+    def recording_loss(logits, label, weight_wrong):
+        calls.append((label.clone(), weight_wrong.tolist()))
+        return real_loss(logits, label, weight_wrong)
+
+    monkeypatch.setattr(iterative, "segpgd_loss", recording_loss)
+    image, label = disk_batch(4)
+    totals = [2, 4, 0, 3]
+    generator = torch.Generator().manual_seed(0)
+    segpgd(small_unet(), image, label, 0.05, alpha=0.01, steps=torch.tensor(totals), generator=generator)
+    assert len(calls) == max(totals)
+    for t, (step_label, weights) in enumerate(calls):
+        active = [i for i, total in enumerate(totals) if total > t]
+        assert torch.equal(step_label, label[active])  # the weights belong to these samples, in this order
+        assert weights == [t / (2 * totals[i]) for i in active]
+
+
+def test_segpgd_weighting_of_still_correct_and_already_wrong_voxels():
+    # logits (0, 2x) with x in [0.5, 1]: every voxel predicts class 1 and keeps doing so within the ball, so voxels
+    # labelled 1 stay correct (weight 1 - lambda_t > 0 at every step) and voxels labelled 0 stay wrong (weight
+    # lambda_t = t / (2T): 0 at the first step, > 0 afterwards). Sign steps move them T and T - 1 times.
+    image = 0.5 + 0.5 * torch.rand(2, 1, 6, 6)
+    label = (torch.rand(2, 1, 6, 6) > 0.5).long()
+    totals = torch.tensor([2, 4])
+    alpha = 0.05
+    result = segpgd(
+        linear_pixel_model(), image, label, 1.0, alpha=alpha, steps=totals, random_start=False, clip_range=(0, 2)
+    )
+    moves = (totals.view(2, 1, 1, 1) - (label == 0).long()) * alpha
+    expected = image + torch.where(label == 1, -moves, moves)
+    assert torch.allclose(result, expected, atol=1e-6)
