@@ -1,7 +1,5 @@
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
 
 from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, summed_cross_entropy
@@ -82,24 +80,6 @@ def test_hounsfield_input_is_not_squashed_to_unit_range():
     assert result.min() < 0 and result.max() > 1000
 
 
-@settings(deadline=None, max_examples=25)
-@given(
-    epsilon=st.floats(min_value=0.0, max_value=2.0),
-    lo=st.floats(min_value=-3.0, max_value=0.0),
-    width=st.floats(min_value=0.1, max_value=4.0),
-    seed=st.integers(min_value=0, max_value=10_000),
-)
-def test_results_stay_in_the_ball_and_the_clip_range(epsilon, lo, width, seed):
-    generator = torch.Generator().manual_seed(seed)
-    hi = lo + width
-    image = lo + width * torch.rand(2, 1, 8, 8, generator=generator)
-    label = (torch.rand(2, 1, 8, 8, generator=generator) > 0.5).long()
-    network = small_unet()
-    for result in (*fgsm_pair(network, image, label, epsilon, clip_range=(lo, hi)),):
-        assert bool(((result - image).abs() <= epsilon + 1e-6).all())
-        assert bool((result >= lo).all()) and bool((result <= hi).all())
-
-
 def test_epsilon_zero_returns_the_input_unchanged():
     image = torch.rand(2, 1, 8, 8) * 5 - 2  # partly outside the clip range: still unchanged
     label = torch.zeros(2, 1, 8, 8, dtype=torch.long)
@@ -158,36 +138,3 @@ def test_sigmoid_single_channel_network():
         network.bias.zero_()
     image, label = torch.rand(2, 1, 4, 4), (torch.rand(2, 1, 4, 4) > 0.5).long()
     assert torch.allclose(fgsm(network, image, label, 0.1), image + 0.1 * _expected_sign(label))
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"epsilon": -0.1}, "epsilon must be >= 0"),
-        ({"epsilon": float("nan")}, "epsilon must be finite"),
-        ({"epsilon": torch.tensor([0.1, 0.2, 0.3])}, r"epsilon must be a scalar or a \(2,\) tensor"),
-        ({"label": torch.zeros(2, 1, 8, 9, dtype=torch.long)}, "does not match image shape"),
-        ({"image": torch.full((2, 1, 8, 8), float("nan"))}, "NaN or Inf"),
-        ({"clip_range": (1.0, 0.0)}, "lo < hi"),
-        ({"clip_range": (0.0, 0.0)}, "lo < hi"),
-        ({"image": torch.zeros(8, 8)}, r"image must be \(B, C, \*spatial\)"),
-    ],
-)
-def test_bad_inputs_raise_clear_errors(kwargs, message):
-    arguments = {
-        "image": torch.rand(2, 1, 8, 8),
-        "label": torch.zeros(2, 1, 8, 8, dtype=torch.long),
-        "epsilon": 0.1,
-        "clip_range": None,
-    }
-    arguments.update(kwargs)
-    epsilon = arguments.pop("epsilon")
-    for attack in (fgsm, inverse_fgsm, fgsm_pair):
-        with pytest.raises(ValueError, match=message):
-            attack(
-                linear_pixel_model(),
-                arguments["image"],
-                arguments["label"],
-                epsilon,
-                clip_range=arguments["clip_range"],
-            )
