@@ -181,7 +181,8 @@ def test_verify_metadata_and_net_in_out(tmp_path):
 
 @pytest.mark.parametrize("network, expected", [("unet", "UNet"), ("nlce_unet", "NLCEUNet"), ("nlcen", "NLCEN")])
 def test_network_override(network, expected):
-    flow = workflow(BUNDLE, ["inference.json"], "infer", dataset_dir="unused", network=network)
+    # no inputs: initialize checks the outputs of the datalist's inputs, and an absent dataset_dir is an error there
+    flow = workflow(BUNDLE, ["inference.json"], "infer", datalist=[], network=network)
     net = flow.parser.get_parsed_content("network_def")
     assert type(net).__name__ == expected
     net.eval()

@@ -101,7 +101,9 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     run_workflow(BUNDLE, ["train.json", "generate_adversarial.json"], **overrides)
     datalist = json.loads((tmp_path / "adversarial" / "datalist.json").read_text())["training"]
     train_names = {entry["source"] for entry in datalist}
-    train_items = workflow(BUNDLE, ["train.json"], **overrides).parser.get_parsed_content("train_items")
+    # the offline training writes its own checkpoints: a fresh run into the trained ckpt_dir would be refused
+    offline = {**overrides, "ckpt_dir": str(tmp_path / "models_offline")}
+    train_items = workflow(BUNDLE, ["train.json"], **offline).parser.get_parsed_content("train_items")
     assert train_names == {item["image"] for item in train_items}  # copies of the training split only
     assert len(datalist) == 2 * len(train_items)
     epsilon_levels = 0.1 * 255
@@ -120,7 +122,7 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     assert "output folder exists" in "".join(str(e) for e in _chain(error.value))
     assert (tmp_path / "adversarial" / "datalist.json").stat().st_mtime_ns == stamp
     # offline training reads originals + both copies
-    flow = workflow(BUNDLE, ["train.json"], online="false", **overrides)
+    flow = workflow(BUNDLE, ["train.json"], online="false", **offline)
     items = flow.parser.get_parsed_content("train#items")
     assert len(items) == len(train_items) + len(datalist)
     assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
