@@ -235,9 +235,11 @@ def test_transform_writes_next_to_the_nifti_and_skips_nifti_inputs(dcmqi, tmp_pa
     nifti_pred.meta.update(
         {"filename_or_obj": str(tmp_path / "ct.nii.gz"), "saved_to": str(tmp_path / "ct_seg.nii.gz")}
     )
+    caplog.clear()  # an earlier bundle run may have set INFO logging; only this call's warnings count
     with caplog.at_level(logging.WARNING):
         transform({"pred": nifti_pred})
-    assert "not a DICOM series folder" in caplog.text and len(caplog.records) == 1
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "not a DICOM series folder" in warnings[0].getMessage()
     WriteDicomSegd("pred", {1: "liver"}, enabled=False)({"pred": pred})  # no-op: no FileExistsError
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom_seg.dcm"]
 
