@@ -246,7 +246,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         output_dir: folder for the report files; None writes none.
         overwrite: replace existing report files in ``output_dir`` (otherwise ``FileExistsError``, checked here
             and again when writing).
-        plot: also write ``robustness.png`` (needs matplotlib, the ``plot`` extra).
+        plot: also write ``robustness.png`` (needs matplotlib).
         progress: tqdm bar over epsilons x batches; None shows it only on a terminal.
         checkpoint: optional weights file loaded with :func:`load_network_weights`.
         config: extra JSON-serialisable information stored in the report (e.g. bundle name, data split).

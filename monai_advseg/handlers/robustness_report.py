@@ -54,13 +54,13 @@ def require_matplotlib() -> Any:
         ``matplotlib.pyplot``.
 
     Raises:
-        ImportError: naming the ``plot`` extra when matplotlib is not installed.
+        ImportError: when matplotlib (a base dependency) is not installed.
     """
     try:
         import matplotlib
     except ImportError as error:
         raise ImportError(
-            "robustness figures need matplotlib: pip install 'monai_advseg[plot]' (or pip install matplotlib), "
+            "robustness figures need matplotlib: pip install matplotlib (a dependency of monai_advseg), "
             "or pass plot=False"
         ) from error
     matplotlib.use("Agg", force=True)
