@@ -212,8 +212,10 @@ def check_dicom_series(folder: str | os.PathLike, min_slices: int = 2) -> DicomS
     Raises:
         FileNotFoundError: when the folder does not exist.
         ValueError: when the folder is empty or holds no DICOM file, a file is unreadable or not an image slice
-            (e.g. an SR or SEG object), several series are mixed, slices disagree in orientation, size or
-            pixel spacing, two slices share a position, or the slice spacing is irregular (a missing slice).
+            (e.g. an SR or SEG object), a slice lacks a geometry attribute (ImagePositionPatient,
+            ImageOrientationPatient, PixelSpacing, Rows, Columns; none is defaulted), several series are mixed, slices
+            disagree in orientation, size or pixel spacing, two slices share a position, or the slice spacing is
+            irregular (a missing slice).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -243,7 +245,12 @@ def check_dicom_series(folder: str | os.PathLike, min_slices: int = 2) -> DicomS
                 f"{', no pixel data' if 'PixelData' not in ds else ''}); remove it from the series folder "
                 "(or replace it if it is a truncated image slice)"
             )
-        missing = [t for t in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns") if t not in ds]
+        # no default for PixelSpacing: assuming 1 x 1 mm would give a CT volume the wrong geometry without a word
+        missing = [
+            t
+            for t in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+            if t not in ds or ds.get(t) is None or (hasattr(ds.get(t), "__len__") and not len(ds.get(t)))
+        ]
         if missing:
             raise ValueError(
                 f"{p}: slice lacks {', '.join(missing)} (SOP class {_sop_class_name(sop)}); cannot place it in a volume"
@@ -257,13 +264,13 @@ def check_dicom_series(folder: str | os.PathLike, min_slices: int = 2) -> DicomS
     p0, ds0 = headers[0]
     iop0 = np.asarray(ds0.ImageOrientationPatient, dtype=np.float64)
     size0 = (int(ds0.Rows), int(ds0.Columns))
-    spacing0 = np.asarray(ds0.get("PixelSpacing", [1.0, 1.0]), dtype=np.float64)
+    spacing0 = np.asarray(ds0.PixelSpacing, dtype=np.float64)
     for p, ds in headers[1:]:
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=np.float64), iop0, atol=_ORIENTATION_ATOL):
             raise ValueError(f"{p}: ImageOrientationPatient differs from {p0.name}; the folder is not one volume")
         if (int(ds.Rows), int(ds.Columns)) != size0:
             raise ValueError(f"{p}: slice size {int(ds.Rows)}x{int(ds.Columns)} differs from {p0.name} ({size0})")
-        if not np.allclose(np.asarray(ds.get("PixelSpacing", [1.0, 1.0]), dtype=np.float64), spacing0, rtol=1e-4):
+        if not np.allclose(np.asarray(ds.PixelSpacing, dtype=np.float64), spacing0, rtol=1e-4):
             raise ValueError(f"{p}: PixelSpacing differs from {p0.name}")
 
     normal = np.cross(iop0[:3], iop0[3:])

@@ -114,6 +114,28 @@ def test_non_image_dicom_in_series_folder(series3):
         build_datalist(series3)
 
 
+def _drop_pixel_spacing(path: Path) -> Path:
+    ds = pydicom.dcmread(path)
+    del ds.PixelSpacing
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.real_data
+def test_slice_without_pixel_spacing(series3, tmp_path, capsys):
+    """No 1 x 1 mm default: a slice without PixelSpacing stops the series with its file and the attribute named."""
+    assert check_dicom_series(series3).pixel_spacing == pytest.approx((0.810547, 0.810547))
+    victim = _drop_pixel_spacing(series3 / "02.dcm")
+    reason = r"02\.dcm: slice lacks PixelSpacing \(SOP class CT Image Storage"
+    for check in (check_dicom_series, load_dicom_series, build_datalist):
+        with pytest.raises(ValueError, match=reason):
+            check(series3)
+    out = tmp_path / "datalist.json"
+    code, stdout, err = _run_cli(capsys, series3, "-o", out)
+    assert code == 1 and err.startswith(f"error: {victim}: slice lacks PixelSpacing") and stdout == ""
+    assert not out.exists()
+
+
 @pytest.mark.real_data
 def test_undecodable_jpeg2000_slice(series20):
     victim = sorted(series20.iterdir())[5]
@@ -255,24 +277,32 @@ def test_cli_on_real_folders(shared_dataset, tmp_path):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        ("missing_slice", r"irregular slice spacing: 4\.000 mm between .* steps 2\.000 mm"),
-        ("two_series", r"2 DICOM series are mixed in one folder"),
+        ("missing_slice", r": irregular slice spacing: 4\.000 mm between .* steps 2\.000 mm"),
+        ("two_series", r": 2 DICOM series are mixed in one folder"),
+        ("non_image", r"/report\.dcm: not an image slice \(SOP class Basic Text SR"),
+        ("no_pixel_spacing", r"/CT\.[\d.]+: slice lacks PixelSpacing"),
     ],
 )
 def test_cli_exits_non_zero_on_a_bad_series_and_writes_nothing(series20, series3, tmp_path, kind, reason):
     """``python -m monai_advseg.data.datalist`` in a fresh interpreter: exit status 1, one message naming the series
-    folder and the reason on stderr, no traceback, and no output (nor a temporary file) in the output folder."""
+    folder (or the file in it) and the reason on stderr, no traceback, and no output (nor a temporary file) in the
+    output folder."""
     if kind == "missing_slice":
         sorted(series20.iterdir())[10].unlink()
-    else:
+    elif kind == "two_series":
         for f in series3.iterdir():
             shutil.copy(f, series20 / f.name)
+    elif kind == "non_image":
+        first = pydicom.dcmread(sorted(series20.iterdir())[0], stop_before_pixels=True)
+        _text_sr(series20 / "report.dcm", str(first.get("SeriesInstanceUID", "") or ""))
+    else:
+        _drop_pixel_spacing(sorted(series20.iterdir())[3])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cmd = [sys.executable, "-m", "monai_advseg.data.datalist", str(series20), "-o", str(out_dir / "datalist.json")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and re.search(rf"^error: {re.escape(str(series20))}: {reason}", errors[0]), done.stderr
+    assert len(errors) == 1 and re.search(rf"^error: {re.escape(str(series20))}{reason}", errors[0]), done.stderr
     assert "Traceback" not in done.stderr
     assert list(out_dir.iterdir()) == []
