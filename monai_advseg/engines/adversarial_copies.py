@@ -47,6 +47,7 @@ class AdversarialCopyGenerator:
     Output layout (written to a temporary folder and renamed into place, so a failure leaves nothing behind)::
 
         output_dir/fgsm/<name>.nii.gz, output_dir/inverse_fgsm/<name>.nii.gz   float32, the source affine
+                                                                           (NIfTI sources: their whole header)
         output_dir/labels/<label file>                                       the label files, copied
         output_dir/datalist.json    {"training": [{"image", "label", "augmentation", "source"}, ...]}
 
@@ -135,12 +136,24 @@ class AdversarialCopyGenerator:
         name = strip_suffix(image_path.name, (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")) or image_path.stem
         label_copy = staging / "labels" / label_path.name
         shutil.copy2(label_path, label_copy)
-        affine = np.asarray(source.affine, dtype=np.float64)
+        affine, header = np.asarray(source.affine, dtype=np.float64), None
+        if image_path.name.endswith((".nii", ".nii.gz")):
+            # The source's own header: the copy keeps its affine, qform/sform codes, pixdims and units exactly
+            # (MONAI's reader exposes only the affine); the data type becomes float32 without scaling.
+            original = nib.load(image_path)
+            affine, header = original.affine, original.header.copy()
+            header.set_data_dtype(np.float32)
+            header.set_slope_inter(1.0, 0.0)
         entries = []
         for kind in self.augmentations:
             written = (source.as_tensor().float() + perturbations[kind]).clamp(self.window[0], self.window[1])
             path = staging / kind / f"{name}.nii.gz"
-            nib.save(nib.Nifti1Image(written[0].numpy().astype(np.float32), affine), path)
+            array = written[0].numpy().astype(np.float32)
+            if header is not None and array.shape != header.get_data_shape():
+                raise ValueError(
+                    f"{image_path}: copy shape {array.shape} differs from the source's {header.get_data_shape()}"
+                )
+            nib.save(nib.Nifti1Image(array, affine, header), path)
             final = self.output_dir / kind / path.name
             entries.append(
                 {

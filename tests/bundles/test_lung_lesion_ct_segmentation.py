@@ -127,6 +127,58 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     assert len(items) == len(train_items) + len(datalist)
     assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
 
+    # the README's second stage, as documented: `--online false` alone into the stage-1 ckpt_dir is refused ...
+    stage_one = trained / "models" / "model.pt"
+    stage_one_bytes = stage_one.read_bytes()
+    with pytest.raises(Exception) as error:
+        run_workflow(BUNDLE, ["train.json"], online="false", **overrides)
+    assert "(or choose another --ckpt_dir)" in "".join(str(e) for e in _chain(error.value))
+    # ... a new --ckpt_dir trains on originals + copies (the README command, through the CLI) ...
+    cli_overrides = {key: value for key, value in offline.items() if key not in SMALL}
+    result = bundle_cli(
+        "run",
+        "--config_file",
+        str(BUNDLES / BUNDLE / "configs" / "train.json"),
+        "--bundle_root",
+        str(BUNDLES / BUNDLE),
+        *[arg for key, value in cli_overrides.items() for arg in (f"--{key}", str(value))],
+        "--online",
+        "false",
+        "--spatial_size",
+        "[32, 32]",
+        "--batch_size",
+        "2",
+        "--epochs",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models_offline" / "model.pt").is_file()
+    assert stage_one.read_bytes() == stage_one_bytes
+    # ... and --overwrite true into the stage-1 folder (a copy of it here) replaces the stage-1 model
+    replaced = tmp_path / "models_replaced"
+    shutil.copytree(trained / "models", replaced)
+    flow = run_workflow(
+        BUNDLE, ["train.json"], online="false", overwrite=True, **{**overrides, "ckpt_dir": str(replaced)}
+    )
+    assert len(flow.parser.get_parsed_content("train#items")) == len(train_items) + len(datalist)
+    assert (replaced / "model.pt").read_bytes() != stage_one_bytes
+
+
+def test_generate_adversarial_with_overwrite_true_replaces_the_copies(slices, trained, tmp_path):
+    overrides = dict(dataset_dir=str(slices), ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), **SMALL)
+    run_workflow(BUNDLE, ["train.json", "generate_adversarial.json"], augmentation="both", **overrides)
+    folder = tmp_path / "adversarial"
+    (folder / "stale.txt").write_text("left by the first run")
+    before = json.loads((folder / "datalist.json").read_text())["training"]
+    assert {entry["augmentation"] for entry in before} == {"fgsm", "inverse_fgsm"}
+    run_workflow(BUNDLE, ["train.json", "generate_adversarial.json"], augmentation="fgsm", overwrite=True, **overrides)
+    after = json.loads((folder / "datalist.json").read_text())["training"]
+    assert {entry["augmentation"] for entry in after} == {"fgsm"}  # the datalist is rewritten
+    assert len(after) == len(before) // 2
+    assert sorted(path.name for path in folder.iterdir()) == ["datalist.json", "fgsm", "labels"]  # folder replaced
+    assert all(nib.load(entry["image"]).shape for entry in after)
+    assert not any(path.name.startswith(".adversarial.") for path in tmp_path.iterdir())  # no staging left behind
+
 
 def test_robust_evaluate_writes_the_sweep_report(slices, trained, tmp_path):
     run_workflow(
@@ -136,13 +188,16 @@ def test_robust_evaluate_writes_the_sweep_report(slices, trained, tmp_path):
         ckpt_dir=str(trained / "models"),
         output_dir=str(tmp_path),
         epsilons=[0.5, 4.0],
+        attack="fgsm",  # the default (the paper's targeted I-FGSM) runs in the CXR bundle's test
         **SMALL,
     )
     rows = list(csv.DictReader((tmp_path / "robustness.csv").open()))
     assert [float(row["eps_levels"]) for row in rows] == [0.0, 0.5, 4.0]
-    assert [int(row["steps"]) for row in rows] == [0, 1, 5]
+    assert [int(row["steps"]) for row in rows] == [0, 1, 1]  # one signed step per eps
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert report["config"]["bundle"] == BUNDLE
+    assert report["attack"]["name"] == "fgsm"
+    assert report["attack"]["targeted"] is False and report["attack"]["target"] == "ground truth"
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,0 +1,82 @@
+"""Offline adversarial copies of NIfTI sources keep the source header (affine, qform/sform codes, pixdims)."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Resized,
+    ScaleIntensityRanged,
+)
+from PIL import Image
+from tiny_models import small_unet
+
+from monai_advseg.engines import AdversarialCopyGenerator
+
+
+def _rotated_affine(angle_degrees: float, spacing=(0.7, 0.8, 5.0), origin=(-120.0, 35.5, 12.0)) -> np.ndarray:
+    angle = np.deg2rad(angle_degrees)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+@pytest.fixture
+def nifti_slice(shared_dataset, tmp_path):
+    """A real MedSeg CT slice and its mask as 2D NIfTI files with a rotated affine and non-default header codes."""
+    source = shared_dataset("ct_covid_medseg_infnet") / "train"
+    image = np.asarray(Image.open(source / "images" / "3.jpg").convert("L"))[::4, ::4].astype(np.int16)
+    mask = (np.asarray(Image.open(source / "masks" / "3.png").convert("L"))[::4, ::4] > 127).astype(np.uint8)
+    affine = _rotated_affine(30.0)
+    paths = {}
+    for key, array in (("image", image), ("label", mask)):
+        nifti = nib.Nifti1Image(array, affine)
+        nifti.header.set_qform(affine, code=1)  # scanner
+        nifti.header.set_sform(affine, code=2)  # aligned
+        nifti.header.set_xyzt_units("mm", "sec")
+        paths[key] = tmp_path / f"{key}.nii.gz"
+        nib.save(nifti, paths[key])
+    return {key: str(path) for key, path in paths.items()}
+
+
+def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path):
+    keys = ["image", "label"]
+    generator = AdversarialCopyGenerator(
+        network=small_unet(),
+        datalist=[nifti_slice],
+        loading=Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]),
+        preparation=[
+            ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True),
+            AsDiscreted("label", threshold=0.5),
+            Resized(keys, spatial_size=(32, 32), mode=["bilinear", "nearest"]),
+            EnsureTyped(keys),
+        ],
+        output_dir=tmp_path / "adversarial",
+        augmentations="both",
+        epsilon=0.1,
+    )
+    datalist = json.loads(generator.run().read_text())["training"]
+    assert [entry["augmentation"] for entry in datalist] == ["fgsm", "inverse_fgsm"]
+    source = nib.load(nifti_slice["image"])
+    assert not np.allclose(source.affine, np.diag(np.diag(source.affine)))  # rotated, not axis-aligned
+    for entry in datalist:
+        copy = nib.load(entry["image"])
+        assert copy.shape == source.shape
+        assert np.allclose(copy.affine, source.affine)
+        assert np.allclose(copy.header.get_qform(), source.header.get_qform())
+        assert np.allclose(copy.header.get_sform(), source.header.get_sform())
+        assert int(copy.header["qform_code"]) == 1 and int(copy.header["sform_code"]) == 2
+        assert np.allclose(copy.header.get_zooms(), source.header.get_zooms())
+        assert copy.header.get_xyzt_units() == ("mm", "sec")
+        assert copy.get_data_dtype() == np.float32
+        difference = np.abs(copy.get_fdata() - source.get_fdata())
+        assert difference.max() <= 0.1 * 255 + 1e-3 and difference.mean() > 1.0
+        assert open(entry["label"], "rb").read() == open(nifti_slice["label"], "rb").read()
