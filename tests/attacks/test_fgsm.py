@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
 
-from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, summed_cross_entropy
+from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, iterative_fgsm, pgd, segpgd, summed_cross_entropy
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +88,43 @@ def test_epsilon_zero_returns_the_input_unchanged():
         assert result.data_ptr() != image.data_ptr()
 
 
-def test_network_modes_and_parameter_grads_are_untouched():
+ATTACKS = {
+    "fgsm": lambda network, image, label: fgsm(network, image, label, 0.1),
+    "iterative_fgsm": lambda network, image, label: iterative_fgsm(network, image, label, 0.1, alpha=0.03, steps=3),
+    "pgd": lambda network, image, label: pgd(
+        network, image, label, 0.1, alpha=0.03, steps=3, generator=torch.Generator().manual_seed(0)
+    ),
+    "segpgd": lambda network, image, label: segpgd(
+        network, image, label, 0.1, alpha=0.03, steps=3, generator=torch.Generator().manual_seed(0)
+    ),
+}
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_network_modes_and_parameter_grads_are_untouched(attack, fails):
+    """Every attack restores each submodule's own mode and leaves parameter ``.grad`` and the state alone, also when
+    the network raises in the middle of the attack (here on its second forward pass, after a gradient was taken)."""
     network = small_unet().train()
     network.model[0].eval()  # a mixed-mode network must come back mixed
     modes = [m.training for m in network.modules()]
     for p in network.parameters():
         p.grad = torch.full_like(p, 7.0)
     state = {k: v.clone() for k, v in network.state_dict().items()}
-    fgsm(network, *disk_batch(2), 0.1)
+    calls = []
+
+    def forward_hook(module, args, output):
+        calls.append(module.training)
+        if fails and len(calls) == (1 if attack == "fgsm" else 2):
+            raise RuntimeError("network failed")
+
+    network.register_forward_hook(forward_hook)
+    if fails:
+        with pytest.raises(RuntimeError, match="network failed"):
+            ATTACKS[attack](network, *disk_batch(2))
+    else:
+        ATTACKS[attack](network, *disk_batch(2))
+    assert calls and not any(calls)  # the attack ran, in eval mode
     assert [m.training for m in network.modules()] == modes
     assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in network.parameters())
     assert all(torch.equal(v, network.state_dict()[k]) for k, v in state.items())  # BN running stats included
