@@ -9,7 +9,6 @@ that sample only, so the batched sweep gives the same adversarial images as atta
 from __future__ import annotations
 
 import math
-import pickle
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from monai_advseg.attacks import (
 )
 from monai_advseg.attacks.gradient import network_logits, plain_copy
 from monai_advseg.handlers.robustness_report import RobustnessReportWriter, check_report_dir
+from monai_advseg.handlers.safe_load import load_weights_only
 
 __all__ = ["ATTACKS", "RobustnessEvaluator", "load_network_weights"]
 
@@ -103,13 +103,7 @@ def load_network_weights(network: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"refusing to load {path}: it contains pickled Python objects, which could run arbitrary code "
-            "(weights_only=True failed). Save the weights with torch.save(network.state_dict(), path) instead."
-        ) from error
+    checkpoint = load_weights_only(path, map_location="cpu")
     state = checkpoint
     if isinstance(checkpoint, dict):
         for key in _STATE_DICT_KEYS:

@@ -18,6 +18,7 @@ from monai_advseg.handlers.robustness_report import (
     require_matplotlib,
     write_robustness_reports,
 )
+from monai_advseg.handlers.safe_load import WeightsOnlyCheckpointLoader, load_weights_only, pickled_checkpoint_error
 
 __all__ = [
     "REPORT_FILES",
@@ -28,6 +29,9 @@ __all__ = [
     "require_matplotlib",
     "write_robustness_reports",
     "AtomicCheckpointSaver",
+    "WeightsOnlyCheckpointLoader",
+    "load_weights_only",
+    "pickled_checkpoint_error",
     "AtomicDiskSaver",
     "BestMetricState",
     "RandomState",

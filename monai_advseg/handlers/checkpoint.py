@@ -156,7 +156,7 @@ def attach_resume(loader: CheckpointLoader, engine: Engine, resume: bool | str) 
     """Attach ``loader`` to ``engine`` (it loads when the run starts) if resuming is requested.
 
     Args:
-        loader: a ``CheckpointLoader`` (it reads with ``torch.load(..., weights_only=True)``).
+        loader: a ``CheckpointLoader``, e.g. :class:`WeightsOnlyCheckpointLoader` (refuses pickled objects clearly).
         engine: the trainer.
         resume: ``true`` (the checkpoint must exist), ``false``, or ``"auto"`` (resume when the file exists, else
             start from scratch: suits jobs restarted by a scheduler).

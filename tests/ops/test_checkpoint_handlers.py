@@ -11,7 +11,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 
-from monai_advseg.handlers import AtomicCheckpointSaver, BestMetricState, RandomState, attach_resume
+from monai_advseg.handlers import (
+    AtomicCheckpointSaver,
+    BestMetricState,
+    RandomState,
+    WeightsOnlyCheckpointLoader,
+    attach_resume,
+    load_weights_only,
+)
 
 
 def _engine_with_metric(values):
@@ -168,7 +175,31 @@ class _Payload:
 
 def test_checkpoint_loader_refuses_a_pickled_payload(tmp_path):
     network = torch.nn.Linear(3, 2)
-    torch.save({"network": network.state_dict(), "extra": _Payload()}, tmp_path / "evil.pt")
-    loader = CheckpointLoader(load_path=str(tmp_path / "evil.pt"), load_dict={"network": network})
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    torch.save({"network": torch.nn.Linear(3, 2).state_dict(), "extra": _Payload()}, tmp_path / "evil.pt")
+    # MONAI's own loader: torch's raw error, which names no file and advises weights_only=False
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        CheckpointLoader(load_path=str(tmp_path / "evil.pt"), load_dict={"network": network})(Engine(lambda e, b: 0))
+    loader = WeightsOnlyCheckpointLoader(load_path=str(tmp_path / "evil.pt"), load_dict={"network": network})
+    with pytest.raises(ValueError, match=r"refusing to load .*evil\.pt: it contains pickled Python objects") as error:
         loader(Engine(lambda e, b: None))
+    assert "posix.system" in str(error.value) or "nt.system" in str(error.value)  # the refused object is named
+    assert "weights_only=False" not in str(error.value)
+    assert isinstance(error.value.__context__, pickle.UnpicklingError)  # torch's error is kept for debugging
+    _assert_unchanged(network, before)
+    with pytest.raises(ValueError, match=r"evil\.pt: it contains pickled"):
+        load_weights_only(tmp_path / "evil.pt")
+
+
+def test_weights_only_checkpoint_loader_loads_a_plain_checkpoint(tmp_path):
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.save({"network": source.state_dict()}, tmp_path / "plain.pt")
+    WeightsOnlyCheckpointLoader(load_path=str(tmp_path / "plain.pt"), load_dict={"network": target})(
+        Engine(lambda e, b: None)
+    )
+    _assert_unchanged(target, source.state_dict())
+
+
+def _assert_unchanged(network, state):
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, state[key]), key
