@@ -1,6 +1,7 @@
 """Shared test fixtures.
 
-Tests that read the real data in ``../shared/data`` use the ``shared_dataset`` fixture. In a user's clone without that
+Tests that read the real data in ``../shared/data`` use the ``shared_dataset`` fixture (``shared_schema`` for the
+bundle schema in ``../shared/schemas``). In a user's clone without that
 folder they skip with the reason; ``.ci/run`` sets ``MONAI_ADVSEG_REQUIRE_DATA=1`` so that a missing folder fails the
 run instead of silently skipping it.
 """
@@ -18,6 +19,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MONAI_ADVSEG_DATA", REPO_ROOT.parent / "shared" / "data"))
 REQUIRE_DATA = os.environ.get("MONAI_ADVSEG_REQUIRE_DATA", "0") == "1"
+SHARED_SCHEMAS = Path(os.environ.get("MONAI_ADVSEG_SCHEMAS", SHARED_DATA.parent / "schemas"))
 
 try:  # hypothesis is a test extra; without it the property tests fail to import, the rest of the suite still runs
     from hypothesis import settings as hypothesis_settings
@@ -50,6 +52,26 @@ def shared_dataset() -> Callable[[str], Path]:
         path = SHARED_DATA / name
         if not path.is_dir():
             message = f"real data set {name!r} not found at {path} (set MONAI_ADVSEG_DATA to its parent folder)"
+            if REQUIRE_DATA:
+                pytest.fail(message + "; MONAI_ADVSEG_REQUIRE_DATA=1 forbids skipping")
+            pytest.skip(message)
+        return path
+
+    return _get
+
+
+@pytest.fixture(scope="session")
+def shared_schema() -> Callable[[str], Path]:
+    """Return a function mapping a schema file name (in ``../shared/schemas``, next to the data folder) to its path.
+
+    Like :func:`shared_dataset`: skip when absent, fail instead under ``MONAI_ADVSEG_REQUIRE_DATA=1``. The folder is
+    ``MONAI_ADVSEG_SCHEMAS`` when set, else ``schemas`` beside ``MONAI_ADVSEG_DATA``'s folder.
+    """
+
+    def _get(name: str) -> Path:
+        path = SHARED_SCHEMAS / name
+        if not path.is_file():
+            message = f"schema {name!r} not found at {path} (set MONAI_ADVSEG_SCHEMAS to its folder)"
             if REQUIRE_DATA:
                 pytest.fail(message + "; MONAI_ADVSEG_REQUIRE_DATA=1 forbids skipping")
             pytest.skip(message)

@@ -61,6 +61,11 @@ def test_training_recipe_is_the_papers(cxr):
     flow = workflow(BUNDLE, ["train.json"], dataset_dir=str(cxr))
     parse = flow.parser.get_parsed_content
     assert type(parse("network_def")).__name__ == "NLCEN"
+    assert parse("spatial_size") == [256, 256]  # inputs resized to 256 x 256
+    assert parse("network_choices#nlcen#backbone") == "resnet18"  # ResNet-18 for the small data sets
+    backbone = parse("network_def").backbone  # resnet18: basic blocks, [2, 2, 2, 2] per stage
+    assert [len(layer) for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)] == [2] * 4
+    assert type(backbone.layer1[0]).__name__ == "ResNetBlock"
     optimizer = parse("optimizer")
     assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["weight_decay"] == 1e-4
     scheduler = parse("lr_scheduler")
@@ -92,6 +97,31 @@ def test_online_adversarial_augmentation_trains_the_deep_supervision_network(cxr
     for name in ("loss_clean", "loss_fgsm", "loss_inverse_fgsm"):
         assert np.isfinite(float(output[name])), name
     assert output["loss_fgsm"] > output["loss_inverse_fgsm"]  # FGSM ascends the loss, inverse FGSM descends it
+
+
+def test_unet_trains_through_train_json_and_its_checkpoint_loads_for_inference(cxr, tmp_path):
+    # a plain-tensor network through the DeepSupervisionLoss wiring of train.json (one output: the loss is DiceCE)
+    flow = run_workflow(
+        BUNDLE,
+        ["train.json"],
+        dataset_dir=str(cxr),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        network="unet",
+        **SMALL,
+    )
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert type(trainer.network).__name__ == "UNet"
+    assert 0 < trainer.state.metrics["train_epoch_loss"] < 10
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network = workflow(BUNDLE, ["inference.json"], "infer", datalist=[], network="unet").parser.get_parsed_content(
+        "network_def"
+    )
+    assert type(network).__name__ == "UNet"
+    network.load_state_dict(state)  # strict
+    network.eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
 
 
 def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
@@ -158,9 +188,9 @@ def test_robust_evaluate_writes_reports_with_a_clean_row(cxr, trained, tmp_path)
     assert (tmp_path / "robustness.json").stat().st_mtime_ns == stamp
 
 
-def test_verify_metadata_and_net_in_out(tmp_path):
+def test_verify_metadata_and_net_in_out(tmp_path, shared_schema):
     schema = tmp_path / "meta_schema_20240725.json"
-    shutil.copy(BUNDLES.parent.parent / "shared" / "schemas" / schema.name, schema)
+    shutil.copy(shared_schema(schema.name), schema)
     root = BUNDLES / BUNDLE
     result = bundle_cli(
         "verify_metadata", "--meta_file", str(root / "configs" / "metadata.json"), "--filepath", str(schema)

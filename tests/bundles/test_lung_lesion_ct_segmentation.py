@@ -14,6 +14,7 @@ from PIL import Image
 
 BUNDLE = "lung_lesion_ct_segmentation"
 SMALL = {"spatial_size": [32, 32], "batch_size": 2, "epochs": 1}
+SMALL_INFER = {"spatial_size": [32, 32]}
 NAMES = ["0", "1", "2", "3", "4", "5"]
 
 
@@ -61,6 +62,31 @@ def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
     flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused")
     network = flow.parser.get_parsed_content("network_def")
     network.load_state_dict(state)  # strict: every key present, every shape right
+
+
+def test_nlce_unet_trains_and_its_checkpoint_loads_for_inference(slices, tmp_path):
+    flow = run_workflow(
+        BUNDLE,
+        ["train.json"],
+        dataset_dir=str(slices),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        network="nlce_unet",
+        **SMALL,
+    )
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert type(trainer.network).__name__ == "NLCEUNet"
+    output = trainer.state.output[-1]
+    for name in ("loss", "loss_clean", "loss_fgsm", "loss_inverse_fgsm"):  # online FGSM + inverse FGSM by default
+        assert np.isfinite(float(output[name])), name
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    infer = workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(slices), network="nlce_unet", **SMALL_INFER)
+    network = infer.parser.get_parsed_content("network_def")
+    assert type(network).__name__ == "NLCEUNet"
+    network.load_state_dict(state)  # strict: every key present, every shape right
+    network.eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
 
 def test_evaluate_reports_dice_and_jaccard(slices, trained, tmp_path):

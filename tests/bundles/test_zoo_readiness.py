@@ -41,7 +41,24 @@ REAL_IMAGES = {
     "lung_cxr_segmentation": ("cxr_lung_montgomery_shenzhen", "images/CHNCXR_0001_0.png"),
     "lung_lesion_ct_segmentation": ("ct_covid_medseg_infnet", "train/images/0.jpg"),
 }
-SCHEMA = REPO_ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA_NAME = "meta_schema_20240725.json"  # in ../shared/schemas, through the shared_schema fixture (tests/conftest.py)
+# The zoo layout (../shared/docs/BUNDLES.md) every bundle ships, plus the extra configs of some bundles.
+ZOO_FILES = [
+    "LICENSE",
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/evaluate.json",
+    "configs/inference.json",
+    "configs/multi_gpu_train.json",
+    "configs/robust_evaluate.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "docs/data_license.txt",
+]
+EXTRA_FILES = {
+    "lung_lesion_ct_segmentation": ["configs/generate_adversarial.json"],  # offline two-stage augmentation (issue 3)
+    "lung_cxr_segmentation": ["configs/generate_adversarial.json"],
+}
 ATOL = 1e-4
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
@@ -134,17 +151,48 @@ def eager(bundle, exported, real_input) -> tuple[torch.nn.Module, torch.Tensor]:
 
 
 def test_bundle_folder_has_the_zoo_files(bundle):
-    configs = BUNDLES / bundle / "configs"
-    for name in ("metadata.json", "inference.json", "train.json", "logging.conf"):
-        assert (configs / name).is_file(), name
-    assert (BUNDLES / bundle / "docs" / "README.md").is_file()
-    assert (BUNDLES / bundle / "LICENSE").is_file()
+    root = BUNDLES / bundle
+    missing = [name for name in ZOO_FILES + EXTRA_FILES.get(bundle, []) if not (root / name).is_file()]
+    assert missing == []
+    assert (root / "LICENSE").read_text().strip() and (root / "docs" / "data_license.txt").read_text().strip()
+    for name in ZOO_FILES + EXTRA_FILES.get(bundle, []):
+        if name.endswith(".json"):
+            json.loads((root / name).read_text())  # every config is valid JSON
 
 
-def test_metadata_and_network_io_verify(bundle, tmp_path):
+def _targets(node, where: str):
+    """Every ``_target_`` value of a parsed JSON config, with its location."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from _targets(value, f"{where}#{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _targets(value, f"{where}#{index}")
+
+
+def test_every_target_in_every_bundle_config_is_a_full_dotted_path():
+    import pydoc
+
+    configs = sorted(BUNDLES.glob("*/configs/*.json"))
+    assert len(configs) >= len(BUNDLE_NAMES) * 4
+    bad, count = [], 0
+    for config in configs:
+        for where, target in _targets(json.loads(config.read_text()), config.relative_to(BUNDLES).as_posix()):
+            count += 1
+            # a full dotted path that imports: MONAI's short-name lookup also scans monai_advseg (BUNDLES.md)
+            if not isinstance(target, str) or "." not in target or target[0] in "$@%" or pydoc.locate(target) is None:
+                bad.append(f"{where}: {target!r}")
+    assert count > 50
+    assert bad == []
+
+
+def test_metadata_and_network_io_verify(bundle, tmp_path, shared_schema):
     meta, inference = _configs(bundle)
-    schema = tmp_path / SCHEMA.name  # a local copy: verify_metadata would download the schema otherwise
-    shutil.copy(SCHEMA, schema)
+    schema = tmp_path / SCHEMA_NAME  # a local copy: verify_metadata would download the schema otherwise
+    shutil.copy(shared_schema(SCHEMA_NAME), schema)
     verify_metadata(meta_file=str(meta), filepath=str(schema))
     torch.manual_seed(0)
     verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(inference))
