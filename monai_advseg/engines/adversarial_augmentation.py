@@ -60,9 +60,13 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     Either way batch-norm running statistics are updated by the clean and the copy passes only, never by an attack.
 
     AMP: ``amp=True`` autocasts on the engine's device type (float16 + ``GradScaler`` on CUDA, bfloat16 without a
-    scaler on CPU). Events: FORWARD_COMPLETED and LOSS_COMPLETED fire for the clean pass, BACKWARD_COMPLETED once all
-    passes are done, MODEL_COMPLETED after the step. ``engine.state.output`` holds ``image``, ``label``, ``pred``
-    (clean), ``loss`` (the objective) and ``loss_clean``, ``loss_fgsm``, ``loss_inverse_fgsm`` (each unweighted).
+    scaler on CPU). ``engine.state.output`` holds ``image``, ``label``, ``pred`` (clean), ``loss`` and ``loss_clean``,
+    ``loss_fgsm``, ``loss_inverse_fgsm`` (each the unweighted mean loss of that pass). ``loss`` is always the whole
+    objective ``(L_clean + sum_k w_k L_k) / (1 + sum_k w_k)`` (detached), never the clean loss nor a partial sum: it is
+    set once every pass's loss is known. Events: FORWARD_COMPLETED after the clean forward pass; LOSS_COMPLETED once
+    all the loss terms above are computed (unlike :class:`~monai.engines.SupervisedTrainer`, the passes' ``backward``
+    calls have already run then, since the reused-gradient copies need the clean backward); BACKWARD_COMPLETED right
+    after it; MODEL_COMPLETED after the optimizer step.
 
     Args:
         augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"both"``, ``"none"`` or a list of names.
@@ -156,8 +160,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             clean_loss = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
         engine.state.output["loss_clean"] = clean_loss.detach()
-        engine.state.output[Keys.LOSS] = clean_loss.detach() / weight_total
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        objective = clean_loss.detach() / weight_total
         engine._backward(clean_loss / weight_total)
         if reuse:
             copies = engine._copies(plain_inputs, targets, clean_inputs.grad)
@@ -166,10 +169,11 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             with engine._autocast():
                 copy_loss = engine.loss_function(engine.inferer(image, engine.network, *args, **kwargs), targets).mean()
             engine.state.output[f"loss_{name}"] = copy_loss.detach()
-            engine.state.output[Keys.LOSS] = engine.state.output[Keys.LOSS] + (
-                engine.loss_weights[name] * copy_loss.detach() / weight_total
-            )
+            objective = objective + engine.loss_weights[name] * copy_loss.detach() / weight_total
             engine._backward(engine.loss_weights[name] * copy_loss / weight_total)
+        # LOSS_COMPLETED once every term is known, so that handlers never see a partial sum under "loss"
+        engine.state.output[Keys.LOSS] = objective
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
         if engine.scaler is not None:

@@ -121,6 +121,33 @@ def test_events_fire_and_amp_runs_on_cpu_in_bfloat16():
     assert trainer.scaler is None
 
 
+@pytest.mark.parametrize("augmentations, weights", [("both", {"fgsm": 0.5}), ("none", None)])
+def test_handlers_see_the_whole_objective_as_loss_from_loss_completed_on(augmentations, weights):
+    trainer = _trainer(small_unet(), augmentations=augmentations, epsilon=0.05, loss_weights=weights)
+    seen = {}
+
+    def record(engine, name):
+        output = engine.state.output
+        seen[name] = {key: float(value) for key, value in output.items() if key.startswith("loss")}
+
+    # (from MODEL_COMPLETED on, MONAI's decollation has turned the output into a per-sample list)
+    for event in (IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED):
+        trainer.add_event_handler(event, record, event.name)
+    trainer.run()
+    names = trainer.augmentations
+    weight = {name: (weights or {}).get(name, 1.0) for name in names}
+    at_loss = seen["LOSS_COMPLETED"]
+    assert set(at_loss) == {"loss", "loss_clean", *(f"loss_{name}" for name in names)}  # every term is known
+    objective = (at_loss["loss_clean"] + sum(weight[n] * at_loss[f"loss_{n}"] for n in names)) / (
+        1 + sum(weight.values())
+    )
+    assert at_loss["loss"] == pytest.approx(objective, rel=1e-6)
+    if not names:
+        assert at_loss["loss"] == at_loss["loss_clean"]  # no copies: the objective is the clean loss
+    assert seen["BACKWARD_COMPLETED"] == at_loss
+    assert float(trainer.state.output[0]["loss"]) == pytest.approx(at_loss["loss"])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
