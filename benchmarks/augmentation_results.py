@@ -10,7 +10,8 @@ epochs, the project's AdversarialAugmentationTrainer with eps 0.1 on [0, 1] inpu
 variants train a fresh model on originals + copies made by the seed's trained baseline (the paper's two stages).
 Evaluation on the test split: per-image foreground Dice and IoU (MONAI DiceMetric / MeanIoU; images without
 foreground are left out of the mean), clean and under untargeted FGSM with eps in {0, 0.02, 0.05, 0.1, 0.15, 0.2}.
-Writes ``docs/results/adversarial_augmentation.{json,md}``; the last line printed is the IoU gain of online "both"
+Writes ``docs/results/adversarial_augmentation.{json,md,png}`` (``--render-only`` rewrites the page and figure from the
+JSON without training); the last line printed is the IoU gain of online "both"
 over the baseline on medseg (mean over seeds).
 
     python benchmarks/augmentation_results.py [--seeds 0 1 2] [--epochs 30] [--datasets medseg msd]
@@ -22,7 +23,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -151,31 +151,75 @@ def summarise(per_variant: dict) -> dict:
     return summary
 
 
-def markdown(results: dict, args) -> str:
+def machine() -> dict:
+    """The machine a training run happens on, stored in the JSON so that ``--render-only`` can name it."""
+    import os
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
+def command(config: dict) -> str:
+    """The full command line equivalent to a run's config (every option spelled out)."""
+    return (
+        f"python benchmarks/augmentation_results.py --seeds {' '.join(map(str, config['seeds']))} "
+        f"--epochs {config['epochs']} --size {config['size']} --datasets {' '.join(config['datasets'])} "
+        f"--threads {config['threads']}"
+    )
+
+
+def markdown(results: dict, name: str) -> str:
+    """The results page, rendered from the JSON alone (``--render-only`` re-renders it without training)."""
+    config, host = results["config"], results.get("machine") or {}
+    size, seeds = config["size"], ", ".join(map(str, config["seeds"]))
+    gpu = host.get("gpu") or "no GPU"
     lines = [
         "# Paper A at CPU scale: adversarial-attack-driven augmentation",
         "",
-        "Produced by `python benchmarks/augmentation_results.py "
-        + " ".join(sys.argv[1:])
-        + "` on "
-        + f"{platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
-        f"Seeds {args.seeds}; {args.epochs} epochs; MedSeg resized to {args.size}x{args.size}. Mean +- std over seeds.",
-        "See the script's docstring for data, splits, model, training and metrics.",
+        f"- **Command:** `{command(config)}` (re-render this page and the figure from the JSON, without training:",
+        "  `python benchmarks/augmentation_results.py --render-only`).",
+        f"- **Data:** `medseg`: the 50 MedSeg COVID-19 CT slices of `../shared/data/ct_covid_medseg_infnet/train`,"
+        f" resized to {size}x{size}, a fixed 40 / 10 train / test split (seed 0); `msd`: the MSD Task06 lung-tumour"
+        " patches of `../shared/data/ct_msd_lung_tumour_patches`, 48x48, the 130 `val_*` patches (13 patients) for"
+        " training and the 130 `test_*` patches (13 other patients) for testing.",
+        f"- **Seeds:** {seeds} (one training run per seed and variant, {config['epochs']} epochs); every cell is the"
+        " mean ± sample standard deviation over the seeds.",
+        f"- **Machine:** {host.get('platform', 'not recorded')}, {host.get('cpus', '?')} CPU cores, {gpu},"
+        f" torch {host.get('torch', '?')}, {host.get('threads', config['threads'])} torch thread(s)"
+        + (f", run on {host['date']}" if host.get("date") else "")
+        + ".",
+        "",
+        "See the script's docstring for the model, training and metrics (per-image foreground Dice and IoU on the test"
+        " split; images without foreground are left out).",
+        "",
+        "Online variants (`fgsm`, `inverse_fgsm`, `both`) make the copies in the training loop"
+        " (`AdversarialAugmentationTrainer`, eps 0.1 on [0, 1] inputs). The offline variants (`offline_*`, the"
+        " paper's two stages) make their copies **in memory**: `fgsm_pair` on the seed's trained baseline (`none`)"
+        " over the whole training tensor at the training resolution, concatenated with the originals for a fresh"
+        " model. They do not go through the bundles' `configs/generate_adversarial.json` (no NIfTI files, no mapping"
+        " back to the source geometry).",
         "",
     ]
-    for name, summary in results["summary"].items():
-        lines += [f"## {name}", "", "Clean test scores and scores under untargeted FGSM (eps on [0, 1] inputs):", ""]
-        header = "| variant | IoU | Dice | " + " | ".join(f"Dice @ FGSM {e}" for e in ROBUSTNESS_EPSILONS[1:]) + " |"
-        lines += [header, "|" + "---|" * (3 + len(ROBUSTNESS_EPSILONS) - 1)]
-        for variant, row in summary.items():
-            cells = [
-                f"{row['iou@0.0'][0]:.4f} +- {row['iou@0.0'][1]:.4f}",
-                f"{row['dice@0.0'][0]:.4f} +- {row['dice@0.0'][1]:.4f}",
+    for dataset, summary in results["summary"].items():
+        lines += [f"## {dataset}", ""]
+        for metric, label in (("dice", "Dice"), ("iou", "IoU")):
+            lines += [
+                f"{label} on the test split, clean and under untargeted FGSM (eps on [0, 1] inputs), mean ± std:",
+                "",
+                "| variant | clean | " + " | ".join(f"FGSM {e}" for e in ROBUSTNESS_EPSILONS[1:]) + " |",
+                "|---|" + "---|" * len(ROBUSTNESS_EPSILONS),
             ]
-            cells += [f"{row[f'dice@{e}'][0]:.4f}" for e in ROBUSTNESS_EPSILONS[1:]]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [f"![Dice vs FGSM epsilon, mean +- std over seeds]({args.output.name}.png)", ""]
+            for variant, row in summary.items():
+                cells = [f"{row[f'{metric}@{e}'][0]:.4f} ± {row[f'{metric}@{e}'][1]:.4f}" for e in ROBUSTNESS_EPSILONS]
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += [f"![Dice vs FGSM epsilon, mean ± std over seeds]({name}.png)", ""]
     return "\n".join(lines)
 
 
@@ -214,20 +258,25 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "results" / "adversarial_augmentation")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust to a shared machine)")
     parser.add_argument(
-        "--render-only", action="store_true", help="redraw the figure from an existing OUTPUT.json, no training"
+        "--render-only",
+        action="store_true",
+        help="rewrite the page and figure from an existing OUTPUT.json, no training",
     )
     args = parser.parse_args()
     if args.render_only:
-        print(figure(json.loads(args.output.with_suffix(".json").read_text()), args.output.with_suffix(".png")))
+        results = json.loads(args.output.with_suffix(".json").read_text())
+        args.output.with_suffix(".md").write_text(markdown(results, args.output.name))
+        print(args.output.with_suffix(".md"))
+        print(figure(results, args.output.with_suffix(".png")))
         return
     torch.set_num_threads(args.threads)
     loaders = {"medseg": lambda: load_medseg(args.size), "msd": load_msd}
     raw = {name: run_dataset(name, loaders[name](), args.seeds, args.epochs) for name in args.datasets}
-    results = {"config": vars(args) | {"output": str(args.output)}, "raw": raw}
+    results = {"config": vars(args) | {"output": str(args.output)}, "machine": machine(), "raw": raw}
     results["summary"] = {name: summarise(per_variant) for name, per_variant in raw.items()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    args.output.with_suffix(".md").write_text(markdown(results, args))
+    args.output.with_suffix(".md").write_text(markdown(results, args.output.name))
     figure(results, args.output.with_suffix(".png"))
     first = results["summary"][args.datasets[0]]
     print(f"IoU gain of online FGSM + inverse FGSM over U-Net on {args.datasets[0]}:")
