@@ -160,32 +160,58 @@ def test_robustness_sweep_on_two_ranks_equals_one_rank(slices, ddp_trained, tmp_
 
 
 # --------------------------------------------------------------------------------------------------- resume
-def test_killed_training_resumes_to_the_same_weights(slices, tmp_path):
-    epochs = ["--epochs", "3"]
+def test_training_killed_mid_epoch_resumes_to_the_same_weights(slices, tmp_path):
+    """SIGKILL after iteration 1 of epoch 2 (of 2 iterations), then ``--resume true``: bit-identical final state.
+
+    The run is paused inside iteration 3 by a hook (an override of the ``run`` list, used only by the killed run), so
+    the kill falls mid-epoch, not at the epoch boundary where ``checkpoint.pt`` is written. With the default
+    epoch-level checkpoints the resumed run restores the network, optimizer, trainer, best-metric and RNG state of
+    the end of epoch 1 and replays epoch 2 whole, so on CPU it ends identical to an uninterrupted run (``torch.equal``).
+    """
+    epochs = ["--epochs", "2"]
     reference = tmp_path / "reference"
     _bundle(*_bundle_args(slices, reference, "train.json"), *epochs)
 
     interrupted = tmp_path / "interrupted"
     checkpoint = interrupted / "models" / "checkpoint.pt"
-    command = [sys.executable, "-m", "monai.bundle", *_bundle_args(slices, interrupted, "train.json"), *epochs]
-    log = (tmp_path / "killed.log").open("w")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)  # the file appears by os.replace, so it is complete when it exists
-    process.wait()
-    log.close()
-    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
-    killed_at = _epoch(torch.load(checkpoint, weights_only=True))
-    assert 1 <= killed_at < 3
+    paused = tmp_path / "paused_mid_epoch"
+    pause = (
+        "$@train#trainer.add_event_handler(Events.ITERATION_COMPLETED(once=3), "
+        f"lambda engine: (open({str(paused)!r}, 'w').close(), time.sleep(600)))"
+    )
+    run = json.loads((CONFIGS / "train.json").read_text())["run"]
+    hook = tmp_path / "pause_mid_epoch.json"
+    override = {"+imports": ["$import time", "$from ignite.engine import Events"], "run": [*run[:-1], pause, run[-1]]}
+    hook.write_text(json.dumps(override, indent=4))
+    args = _bundle_args(slices, interrupted, "train.json")
+    args[2] = args[2][:-1] + f",'{hook}']"
+    log_path = tmp_path / "killed.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "monai.bundle", *args, *epochs],
+            cwd=REPO_ROOT,
+            env=ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        while not paused.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    killed_log = log_path.read_text()
+    assert paused.exists() and process.returncode == -signal.SIGKILL, killed_log[-3000:]
+    assert "Epoch: 2/2, Iter: 1/2 -- train_loss" in killed_log  # killed mid-epoch 2, after its first iteration
+    assert "Epoch: 2/2, Iter: 2/2" not in killed_log
+    assert torch.load(checkpoint, weights_only=True)["trainer"]["iteration"] == 2  # the end of epoch 1
 
     resumed = _bundle(*_bundle_args(slices, interrupted, "train.json"), *epochs, "--resume", "true")
     assert "Restored all variables from" in resumed.stdout + resumed.stderr
     final = torch.load(checkpoint, weights_only=True)
     expected = torch.load(reference / "models" / "checkpoint.pt", weights_only=True)
-    assert _epoch(final) == _epoch(expected) == 3
-    for key in ("network", "optimizer", "validator", "best_model_saver"):
+    assert _epoch(final) == _epoch(expected) == 2
+    for key in ("network", "optimizer", "validator", "best_model_saver", "rng"):
         _assert_same_tensors(final[key], expected[key], key)
     _assert_same_tensors(
         torch.load(interrupted / "models" / "model.pt", weights_only=True),
