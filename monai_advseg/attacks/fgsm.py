@@ -56,7 +56,8 @@ def fgsm(
         targeted: step *down* the loss towards ``label`` (``x - epsilon * sign(grad)``) instead of up.
 
     Returns:
-        The adversarial batch, a new plain tensor of the image's shape and dtype.
+        The adversarial batch, a new plain tensor of the image's shape and dtype, with ``|x_adv - x| <= epsilon``
+        exactly (no float-rounding overshoot) and inside ``clip_range``.
 
     Raises:
         ValueError: negative or non-finite epsilon, mismatched label, non-finite image, ``clip_range`` with lo >= hi.

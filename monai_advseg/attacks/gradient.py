@@ -99,10 +99,16 @@ def project(
 
     The ball comes last so that ``|x_adv - x| <= epsilon`` holds even for input voxels outside ``clip_range``; for
     inputs inside the range the result satisfies both constraints.
+
+    The bound is exact in the image's dtype: ``x +- epsilon`` is rounded to that dtype and can land one unit in the
+    last place outside the ball (for most voxels of a HU image at epsilon = 0.5 levels); such voxels step back by
+    one representable value towards ``original`` (``torch.nextafter``), which keeps them inside ``clip_range`` too.
     """
     if clip_range is not None:
         candidate = candidate.clamp(clip_range[0], clip_range[1])
-    return torch.minimum(torch.maximum(candidate, original - epsilon), original + epsilon)
+    result = torch.minimum(torch.maximum(candidate, original - epsilon), original + epsilon)
+    outside = (result - original).abs() > epsilon
+    return torch.where(outside, torch.nextafter(result, original), result)
 
 
 def signed_step(

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny_models import linear_pixel_model, small_unet
 
-from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, iterative_fgsm, pgd, segpgd
+from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, iterative_fgsm, levels_to_epsilon, pgd, segpgd
 
 
 def _pgd(network, image, label, epsilon, *, alpha, steps, clip_range):
@@ -56,8 +56,7 @@ def test_results_stay_in_the_ball_and_the_clip_range(name, eps_fraction, alpha_f
     epsilon = torch.tensor(eps_fraction) * width
     alpha = torch.tensor(alpha_fraction) * width
     results = ATTACKS[name](small_unet(), image, label, epsilon, alpha=alpha, steps=steps, clip_range=(lo, hi))
-    # float32 rounding of x +- eps: a few units in the last place of the largest magnitude (~1e-4 HU near 1024)
-    bound = epsilon.view(2, 1, 1, 1) + 4 * torch.finfo(torch.float32).eps * max(abs(lo), abs(hi), 1.0)
+    bound = epsilon.view(2, 1, 1, 1)  # exact: no allowance for the float32 rounding of x +- eps
     for result in results:
         assert result.shape == image.shape and result.dtype == image.dtype
         assert bool(((result - image).abs() <= bound).all())
@@ -65,6 +64,24 @@ def test_results_stay_in_the_ball_and_the_clip_range(name, eps_fraction, alpha_f
         for i in range(2):
             if float(epsilon[i]) == 0:
                 assert torch.equal(result[i], image[i])
+
+
+@pytest.mark.parametrize("levels", [0.5, 1.0, 7.0])
+@pytest.mark.parametrize("name", NAMES)
+def test_ball_is_exact_for_hounsfield_inputs(name, levels):
+    """HU inputs at small epsilons: float32 ``x +- eps`` overshoots the ball by one ulp at most voxels unless the
+    projection steps back, so the bound is checked without any tolerance (and the ball is reached, not undershot)."""
+    generator = torch.Generator().manual_seed(int(levels * 2))
+    image = torch.empty(2, 1, 32, 32).uniform_(-1024, 3071, generator=generator)
+    label = (torch.rand(2, 1, 32, 32, generator=generator) > 0.5).long()
+    epsilon = torch.tensor([levels_to_epsilon(levels, (-1024, 3071))] * 2)
+    network = linear_pixel_model(slope=1e-3)
+    results = ATTACKS[name](network, image, label, epsilon, alpha=epsilon, steps=3, clip_range=(-1024, 3071))
+    for result in results:
+        distance = (result - image).abs()
+        assert bool((distance <= epsilon[0]).all()), float((distance - epsilon[0]).max())
+        inside = (image - epsilon[0] > -1024) & (image + epsilon[0] < 3071)
+        assert float((epsilon[0] - distance[inside]).max()) < 1e-3  # at most an ulp short of the surface
 
 
 @pytest.mark.parametrize("name", NAMES)
