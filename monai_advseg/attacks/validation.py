@@ -18,9 +18,12 @@ def check_clip_range(clip_range: Sequence[float] | None) -> tuple[float, float] 
     """
     if clip_range is None:
         return None
-    if len(clip_range) != 2:
+    if isinstance(clip_range, (str, bytes)) or not hasattr(clip_range, "__len__") or len(clip_range) != 2:
         raise ValueError(f"clip_range must be (lo, hi), got {clip_range!r}")
-    lo, hi = (float(v) for v in clip_range)
+    try:
+        lo, hi = (float(v) for v in clip_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip_range must be two numbers (lo, hi), got {clip_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
         raise ValueError(f"clip_range must be finite with lo < hi, got {clip_range!r}")
     return lo, hi
@@ -57,7 +60,8 @@ def check_attack_inputs(image: torch.Tensor, label: torch.Tensor) -> None:
     """Check an image batch and its label before an attack.
 
     Raises:
-        ValueError: when the image is not ``(B, C, *spatial)`` with finite values or the label does not match it.
+        ValueError: when the image is not ``(B, C, *spatial)`` with finite values, or the label does not match it
+            or holds NaN or Inf.
     """
     if image.ndim < 3:
         raise ValueError(f"image must be (B, C, *spatial), got shape {tuple(image.shape)}")
@@ -70,3 +74,5 @@ def check_attack_inputs(image: torch.Tensor, label: torch.Tensor) -> None:
         )
     if not bool(torch.isfinite(image).all()):
         raise ValueError("image contains NaN or Inf values; an attack on non-finite intensities is undefined")
+    if label.is_floating_point() and not bool(torch.isfinite(label).all()):
+        raise ValueError("label contains NaN or Inf values; it must hold class indices or a one-hot map")

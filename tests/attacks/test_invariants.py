@@ -124,6 +124,17 @@ BAD_INPUTS = {
     "inf image": ({"image": torch.full((2, 1, 8, 8), float("inf"))}, "NaN or Inf"),
     "clip_range lo > hi": ({"clip_range": (1.0, 0.0)}, "lo < hi"),
     "clip_range lo == hi": ({"clip_range": (0.0, 0.0)}, "lo < hi"),
+    "non-numeric clip_range": ({"clip_range": ("low", "high")}, r"clip_range must be two numbers \(lo, hi\)"),
+    "clip_range of None bounds": ({"clip_range": (None, 1.0)}, r"clip_range must be two numbers \(lo, hi\)"),
+    "clip_range a string": ({"clip_range": "01"}, r"clip_range must be \(lo, hi\)"),
+    "nan label": (
+        {"label": torch.zeros(2, 1, 8, 8).index_fill_(2, torch.tensor([3]), float("nan"))},
+        "label contains NaN",
+    ),
+    "inf one-hot label": (
+        {"label": torch.zeros(2, 2, 8, 8).index_fill_(3, torch.tensor([0]), float("inf"))},
+        "label contains NaN or Inf",
+    ),
     "image without a channel axis": ({"image": torch.zeros(8, 8)}, r"image must be \(B, C, \*spatial\)"),
 }
 
