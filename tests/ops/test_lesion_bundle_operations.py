@@ -23,17 +23,6 @@ SMALL = {"spatial_size": [32, 32], "batch_size": 2, "val_fraction": 0.34}
 SMALL_CLI = ["--spatial_size", "[32, 32]", "--batch_size", "2", "--val_fraction", "0.34"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-ROBUST_OVERRIDE = {
-    "robust_evaluate#sampler": {
-        "_target_": "monai.data.DistributedSampler",
-        "dataset": "@validate#dataset",
-        "even_divisible": False,
-        "shuffle": False,
-    },
-    "robust_evaluate#dataloader#sampler": "@robust_evaluate#sampler",
-    "run": ["$@robust_evaluate#evaluator.run()"],
-}
-
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 
@@ -108,7 +97,10 @@ def _assert_same_tensors(first: dict, second: dict, path: str = "") -> None:
 @pytest.fixture(scope="module")
 def ddp_trained(slices, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = _torchrun(*_bundle_args(slices, out, "train.json", "multi_gpu_train.json"), "--epochs", "1")
+    # --reuse_gradient false: the attack takes its own input-gradient pass (through the unwrapped network, so no DDP
+    # all-reduce is left pending) instead of reusing the clean backward's input gradient
+    args = _bundle_args(slices, out, "train.json", "multi_gpu_train.json")
+    result = _torchrun(*args, "--epochs", "1", "--augmentation", "both", "--reuse_gradient", "false")
     return out, result.stdout + result.stderr
 
 
@@ -127,13 +119,12 @@ def test_torchrun_training_shards_the_data_and_saves_plain_checkpoints(ddp_train
 
 def test_robustness_sweep_on_two_ranks_equals_one_rank(slices, ddp_trained, tmp_path):
     models = ddp_trained[0] / "models"
-    # multi_gpu_train.json gives the process group, device and DDP network; this override runs the sweep instead of
-    # training, on a sharded loader (an override file: torchrun's own parser would take `--run` for `--run-path`).
-    override = tmp_path / "multi_gpu_robust_evaluate.json"
-    override.write_text(json.dumps(ROBUST_OVERRIDE, indent=4))
-    args = _bundle_args(slices, tmp_path / "two", "train.json", "robust_evaluate.json", "multi_gpu_train.json")
-    args[2] = args[2][:-1] + f",'{override}']"
-    _torchrun(*args, "--ckpt_dir", str(models), "--epsilons", "[0.5, 4.0]")
+    # multi_gpu_train.json gives the process group, device and DDP network; the shipped multi_gpu_robust_evaluate.json
+    # runs the sweep instead of training, on a sharded loader, with the TensorBoard handler on rank 0 only.
+    configs = ("train.json", "robust_evaluate.json", "multi_gpu_train.json", "multi_gpu_robust_evaluate.json")
+    _torchrun(*_bundle_args(slices, tmp_path / "two", *configs), "--epsilons", "[0.5, 4.0]", "--ckpt_dir", str(models))
+    events = list((tmp_path / "two" / "eval" / "tensorboard" / "robustness").glob("events.*"))
+    assert len(events) == 1, events  # one rank logs
     run_workflow(
         BUNDLE,
         ["train.json", "robust_evaluate.json"],
