@@ -67,7 +67,9 @@ def totalseg(shared_dataset):
 def data(totalseg, tmp_path_factory):
     """``imagesTr/labelsTr`` of symbolic links: the small NIfTI volume and the DICOM series (a folder of links).
 
-    The NIfTI link keeps the target's name because ``build_datalist`` pairs images by their resolved name.
+    ``build_datalist`` (``dataset_dir``) pairs images with labels by the names as given, here the links' own names
+    (``series1`` with ``series1.nii.gz``), and then stores the resolved paths. The NIfTI image link keeps its target's
+    name so that tests can pick that item by name whether they see the link (datalist JSON) or the resolved target.
     """
     root = tmp_path_factory.mktemp("abdomen")
     (root / "imagesTr" / "series1").mkdir(parents=True)
@@ -291,6 +293,65 @@ def test_robust_sweep_through_the_sliding_window_writes_the_report(data, trained
     assert report["config"]["label_ids"] == [5, 1]
 
 
+def _leaks(secrets, logs: str, folder) -> list[str]:
+    """Where any of ``secrets`` appears: ``"logs"`` and the paths of files under ``folder`` (gzip read unpacked)."""
+    found = ["logs"] if any(secret in logs for secret in secrets) else []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        content = gzip.decompress(content) if path.suffix == ".gz" else content
+        found += [str(path)] if any(secret.encode() in content for secret in secrets) else []
+    return found
+
+
+def test_robust_sweep_on_an_identified_series_leaks_no_identifier(trained, secret_series, totalseg, tmp_path):
+    """The sweep through the bundle CLI on the series whose PatientName, PatientID and InstitutionName are set: none
+    of them appears in the reports (CSV, JSON, figure), the TensorBoard files or the logs."""
+    label = str(totalseg / "dicom_labels" / "example_seg_dicom.nii.gz")
+    item = {"image": str(secret_series), "label": label}
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item]}))
+    out = tmp_path / "robustness"
+    settings = {
+        "datalist": str(tmp_path / "datalist.json"),
+        "ckpt_dir": str(trained / "models"),
+        "output_dir": str(out),
+        "epsilons": [1],
+        **SMALL,
+    }
+    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "robust_evaluate.json")]
+    result = bundle_cli(
+        "run", "--config_file", json.dumps(configs), "--bundle_root", str(BUNDLES / BUNDLE), *_cli_overrides(settings)
+    )
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs[-3000:]
+    assert "RobustnessEvaluator - INFO - Engine run finished" in logs  # the logs were captured
+    report = json.loads((out / "robustness.json").read_text())
+    assert [row["eps_levels"] for row in report["metrics"]] == [0, 1]
+    assert {case["case"] for case in report["cases"]} == {str(secret_series)}  # the sweep did read that series
+    assert {"robustness.csv", "robustness_cases.csv", "robustness.json"} <= {p.name for p in out.iterdir()}
+    assert _leaks((SECRET, "ZZSECRET", SECRET_ID, INSTITUTION), logs, out) == []
+
+
+@pytest.mark.parametrize("network", ["nlce_unet"])
+def test_other_network_trains_and_validates_through_the_bundle(network, data, tmp_path):
+    """``network=nlce_unet`` (3D): one training iteration and one sliding-window validation, a checkpoint that
+    loads into that network."""
+    tiny = {f"network_choices#{network}#channels": [8, 16, 32], f"network_choices#{network}#strides": [2, 2]}
+    flow = run_workflow(
+        BUNDLE,
+        ["train.json"],
+        datalist=str(data / "nifti_only.json"),
+        network=network,
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        **{**SMALL, **tiny},
+    )
+    net = flow.parser.get_parsed_content("network_def")
+    assert type(net).__name__ == "NLCEUNet"
+    assert flow.parser.get_parsed_content("train#trainer").state.iteration == 1
+    assert np.isfinite(flow.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"])
+    net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
+
+
 def test_gpu_pipeline_switch_runs_on_cpu(data, tmp_path):
     flow = run_workflow(
         BUNDLE,
@@ -410,7 +471,7 @@ def untrained_models(tmp_path_factory):
     return folder
 
 
-def _bad_inference_input(kind: str, totalseg, folder):
+def _bad_inference_input(kind: str, totalseg, folder, dcmqi=None):
     """A bad input of ``kind`` in ``folder`` and the reason its error must give."""
     source = totalseg / "nifti" / "example_ct_sm.nii.gz"
     if kind == "truncated_nifti":
@@ -433,17 +494,57 @@ def _bad_inference_input(kind: str, totalseg, folder):
     if kind == "empty_dicom_folder":
         (folder / "series_empty").mkdir()
         return folder / "series_empty", "DICOM series folder is empty"
+    if kind in ("non_image_dicom", "no_pixel_spacing"):
+        # the returned path is the file the error must name; the run is given its series folder
+        series = shutil.copytree(dcmqi / "dicom", folder / "series3")
+        if kind == "no_pixel_spacing":
+            ds = pydicom.dcmread(series / "02.dcm")
+            del ds.PixelSpacing
+            ds.save_as(series / "02.dcm")
+            return series / "02.dcm", "slice lacks PixelSpacing (SOP class CT Image Storage"
+        _structured_report(series / "report.dcm", pydicom.dcmread(series / "01.dcm").SeriesInstanceUID)
+        return series / "report.dcm", "not an image slice (SOP class Basic Text SR"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["truncated_nifti", "nan_voxels", "four_d", "missing_file", "empty_dicom_folder"])
-def test_inference_cli_fails_on_bad_input_before_writing(kind, totalseg, untrained_models, tmp_path):
-    """A good input first, the bad one second: the run exits non-zero naming the bad input and the reason, and
-    neither the output folder nor a staging folder is left (the good input's prediction was not written either)."""
-    bad, reason = _bad_inference_input(kind, totalseg, tmp_path)
+def _structured_report(path, series_uid):
+    """A DICOM object without pixel data (a Basic Text SR) belonging to the series ``series_uid``."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = "SR"
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "truncated_nifti",
+        "nan_voxels",
+        "four_d",
+        "missing_file",
+        "empty_dicom_folder",
+        "non_image_dicom",
+        "no_pixel_spacing",
+    ],
+)
+def test_inference_cli_fails_on_bad_input_before_writing(kind, totalseg, shared_dataset, untrained_models, tmp_path):
+    """A good input first, the bad one second: the run exits with status 1 naming the bad input (for a bad file in
+    a DICOM series folder, that file) and the reason, and neither the output folder nor a staging folder is left
+    (the good input's prediction was not written either)."""
+    bad, reason = _bad_inference_input(kind, totalseg, tmp_path, shared_dataset("ct_dicom_3slice_dcmqi"))
+    given = bad.parent if bad.suffix == ".dcm" else bad
     out = tmp_path / "results" / "segmentations"
     settings = {
-        "datalist": [str(totalseg / "nifti" / "example_ct_sm.nii.gz"), str(bad)],
+        "datalist": [str(totalseg / "nifti" / "example_ct_sm.nii.gz"), str(given)],
         "ckpt_dir": str(untrained_models),
         "output_dir": str(out),
         "spatial_size": [32, 32, 32],
@@ -457,9 +558,10 @@ def test_inference_cli_fails_on_bad_input_before_writing(kind, totalseg, untrain
         str(BUNDLES / BUNDLE),
         *_cli_overrides(settings),
     )
-    assert result.returncode != 0
     logs = result.stdout + result.stderr
+    assert result.returncode == 1, logs[-3000:]
     assert f"ERROR - bad input: {bad}: {reason}" in result.stdout, logs[-3000:]  # one line in the bundle log
+    assert result.stdout.count("ERROR - bad input:") == 1
     assert f"ValueError: {bad}: {reason}" in result.stderr or f"FileNotFoundError: {bad}: {reason}" in result.stderr
     assert not (tmp_path / "results").exists()  # not even the parent: inputs are checked before anything is made
 
