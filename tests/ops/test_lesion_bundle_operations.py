@@ -291,6 +291,49 @@ def test_tensorboard_logs_training_validation_and_the_sweep(slices, tmp_path):
     assert scalars["dice_eps2"] == [pytest.approx(report["metrics"][1]["mean_dice"])]
 
 
+BAR_MARKS = ("\u2588", "%|", "it/s", "s/it", "\r")  # tqdm / ignite ProgressBar: block, frame, rate, redraw
+
+
+def test_progress_bars_only_on_a_terminal(slices, tmp_path):
+    """No progress bar in captured output (logs, CI); the data-caching and training bars appear under a pty."""
+    piped = _bundle(*_bundle_args(slices, tmp_path / "piped", "train.json"), "--epochs", "1")
+    assert "train_loss" in piped.stdout + piped.stderr
+    assert [mark for mark in BAR_MARKS if mark in piped.stdout + piped.stderr] == []
+
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    master, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # tqdm reads the width
+    command = [sys.executable, "-m", "monai.bundle", *_bundle_args(slices, tmp_path / "tty", "train.json")]
+    process = subprocess.Popen([*command, "--epochs", "1"], cwd=REPO_ROOT, env=ENV, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    chunks: list[bytes] = []
+
+    def _drain() -> None:  # keep reading, or the process blocks on a full terminal buffer
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=_drain, daemon=True)
+    reader.start()
+    assert process.wait(timeout=240) == 0
+    reader.join(timeout=10)
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert "train_loss" in shown, shown[-3000:]
+    assert "Loading dataset" in shown and "\u2588" in shown, shown[-3000:]  # MONAI's caching bar (tqdm)
+    assert "[1/2]" in shown, shown[-3000:]  # ignite's ProgressBar over the training iterations
+
+
 # --------------------------------------------------------------------------------------------------- determinism
 def test_same_seed_gives_identical_weights_and_sweeps(slices, tmp_path):
     states, reports = [], []
