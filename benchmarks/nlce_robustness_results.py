@@ -44,6 +44,7 @@ from monai.utils import set_determinism
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS
 from monai_advseg.data import paired_folder_datalist, split_datalist
 from monai_advseg.engines import AdversarialAugmentationTrainer, RobustnessEvaluator
+from monai_advseg.handlers import save_atomically
 from monai_advseg.networks.nets import NLCEN, NLCEUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,7 +368,7 @@ def main(argv=None) -> int:
         out = args.work / name
         out.mkdir(parents=True, exist_ok=True)
         network, history, seconds = train(name, train_data, args.epochs, args.seed)
-        torch.save(network.state_dict(), out / "model.pt")
+        save_atomically(network.state_dict(), out / "model.pt")
         clean = clean_scores(network, test_data)
         print(f"[{name}] clean test Dice {clean['dice']:.4f} Jaccard {clean['jaccard']:.4f}", flush=True)
         entries[name] = {

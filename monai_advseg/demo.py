@@ -29,6 +29,7 @@ from monai.utils import set_determinism
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS
 from monai_advseg.data import paired_folder_datalist, split_datalist
 from monai_advseg.engines import AdversarialAugmentationTrainer, RobustnessEvaluator
+from monai_advseg.handlers import save_atomically
 from monai_advseg.networks.nets import NLCEUNet
 
 __all__ = ["DemoSettings", "main", "run_demo", "synthetic_ct_slices"]
@@ -166,7 +167,7 @@ def run_demo(output_dir: Path, dataset_dir: Path | None = None, quick: bool = Fa
             config={"demo": True, "model": name, "augmentation": MODELS[name], "data": source, "seed": seed},
         )
         evaluator.run()
-        torch.save(network.state_dict(), output_dir / name / "model.pt")
+        save_atomically(network.state_dict(), output_dir / name / "model.pt")
         reports[name] = evaluator.results
         print(f"  {name} done in {time.time() - start:.0f} s", flush=True)
     figure = compare([output_dir / name / "robustness.json" for name in MODELS], output_dir / "comparison.png")

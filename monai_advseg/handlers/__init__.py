@@ -7,6 +7,7 @@ from monai_advseg.handlers.checkpoint import (
     RandomState,
     attach_resume,
     check_checkpoint_files,
+    save_atomically,
 )
 from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, saved_image_files
 from monai_advseg.handlers.robustness_report import (
@@ -37,6 +38,7 @@ __all__ = [
     "RandomState",
     "attach_resume",
     "check_checkpoint_files",
+    "save_atomically",
     "check_new_files",
     "metrics_saver_files",
     "saved_image_files",

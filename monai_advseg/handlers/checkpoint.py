@@ -7,6 +7,7 @@
   generators and of an evaluator's best metric, so they can be saved with the network, optimizer and trainer state and
   loaded back with ``torch.load(..., weights_only=True)`` (tensors, numbers, strings and containers only).
 - :func:`attach_resume`: attach a ``CheckpointLoader`` to a trainer when resuming is requested.
+- :func:`save_atomically`: ``torch.save`` through the same temporary file + ``os.replace`` (scripts, benchmarks).
 - :func:`check_checkpoint_files`: refuse to start a fresh training run over existing checkpoints unless asked to.
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "RandomState",
     "attach_resume",
     "check_checkpoint_files",
+    "save_atomically",
 ]
 
 _CHECKPOINTS = ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")
@@ -57,6 +59,17 @@ class AtomicDiskSaver(DiskSaver):
     def remove(self, filename: str) -> None:
         if self.filename is None:
             super().remove(filename)
+
+
+def save_atomically(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` written atomically (see :class:`AtomicDiskSaver`), creating the folder if needed.
+
+    A save that fails or is killed leaves the earlier file at ``path`` (if any) whole and no partial file. Under
+    ``torch.distributed`` only rank 0 writes. Returns ``path``.
+    """
+    path = Path(path)
+    AtomicDiskSaver(path.parent, path.name)(obj, path.name)
+    return path
 
 
 class AtomicCheckpointSaver(CheckpointSaver):

@@ -18,6 +18,7 @@ from monai_advseg.handlers import (
     WeightsOnlyCheckpointLoader,
     attach_resume,
     load_weights_only,
+    save_atomically,
 )
 
 
@@ -65,6 +66,24 @@ def test_failed_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_p
     assert (tmp_path / "model.pt").read_bytes() == first
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(state[k], before[k]) for k in before)
+
+
+def test_save_atomically_writes_and_keeps_the_previous_file_on_a_failed_save(tmp_path, monkeypatch):
+    network = torch.nn.Linear(3, 2)
+    path = save_atomically(network.state_dict(), tmp_path / "run" / "model.pt")  # creates the folder
+    assert path == tmp_path / "run" / "model.pt"
+    first = path.read_bytes()
+    _assert_unchanged(network, torch.load(path, weights_only=True))
+
+    def half_written(obj, f, *args, **kwargs):
+        f.write(b"\x80\x02truncated checkpoint")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        save_atomically(torch.nn.Linear(3, 2).state_dict(), path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no tmp* file left behind
+    assert path.read_bytes() == first
 
 
 def test_monai_saver_loses_the_fixed_name_file_on_a_failed_save(tmp_path, monkeypatch):
