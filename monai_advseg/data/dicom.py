@@ -7,8 +7,9 @@ complete series; it silently stacks mixed series, non-image objects with an Inst
 sorts by position through GDCM but needs the ``itk`` package (not a dependency here) and copies every DICOM tag,
 patient name included, into the image metadata. :class:`DicomSeriesReader` checks the folder with
 :func:`~monai_advseg.data.checks.check_dicom_series`, orders slices by ImagePositionPatient along the normal, decodes
-with SimpleITK (GDCM with its bundled OpenJPEG, so JPEG 2000 works without extra packages) and keeps only geometry
-metadata. Use it as ``LoadImaged(keys="image", reader="monai_advseg.data.dicom.DicomSeriesReader")``.
+with SimpleITK (GDCM with its bundled OpenJPEG, so JPEG 2000 works without extra packages), takes the volume's
+geometry from SimpleITK (cross-checked against the slice positions) and keeps only geometry metadata.
+Use it as ``LoadImaged(keys="image", reader="monai_advseg.data.dicom.DicomSeriesReader")``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def find_dicom_series(root: str | os.PathLike) -> list[Path]:
 
 
 def dicom_series_affine(info: DicomSeriesInfo) -> np.ndarray:
-    """Return the voxel-to-RAS affine of a checked series, for voxel axes (column, row, slice).
+    """Return the voxel-to-RAS affine of a checked series from its headers, for voxel axes (column, row, slice).
+
+    Geometry checks use it before any pixel data is decoded. A loaded volume takes SimpleITK's geometry instead, and
+    :func:`load_dicom_series` refuses a series where the two disagree.
 
     Args:
         info: the result of :func:`~monai_advseg.data.checks.check_dicom_series`.
@@ -100,11 +104,13 @@ def _read_series(info: DicomSeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
         raise ValueError(f"{_find_undecodable(info)}: cannot decode the DICOM pixel data ({_reason(e)})") from e
     # SimpleITK gives (slice, row, column); MONAI's readers use (column, row, slice)
     array = np.ascontiguousarray(np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0)))
-    affine = dicom_series_affine(info)
+    # the decoded volume's geometry is SimpleITK's (GDCM); the header-only affine, which geometry checks use before
+    # anything is decoded, must agree with it
     sitk_lps = np.eye(4)
     sitk_lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
     sitk_lps[:3, 3] = image.GetOrigin()
-    if not np.allclose(orientation_ras_lps(sitk_lps), affine, atol=1e-3):
+    affine = orientation_ras_lps(sitk_lps)
+    if not np.allclose(dicom_series_affine(info), affine, atol=1e-3):
         raise ValueError(f"{info.folder}: SimpleITK geometry disagrees with the slice positions; refusing to guess")
     meta: dict[str, Any] = {
         MetaKeys.AFFINE: affine,
@@ -112,7 +118,7 @@ def _read_series(info: DicomSeriesInfo) -> tuple[np.ndarray, dict[str, Any]]:
         MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape),
         MetaKeys.SPACE: SpaceKeys.RAS,
         MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-        "spacing": np.asarray([info.pixel_spacing[1], info.pixel_spacing[0], info.slice_spacing]),
+        "spacing": np.asarray(image.GetSpacing(), dtype=np.float64),
         "filename_or_obj": str(info.folder),
     }
     return array, meta
