@@ -15,7 +15,6 @@ import pydicom
 import pytest
 import torch
 from bundle_helpers import BUNDLES, bundle_cli, run_workflow, workflow
-from monai.bundle import verify_metadata, verify_net_in_out
 
 from monai_advseg.data import load_dicom_series
 
@@ -140,15 +139,6 @@ def test_properties_of_train_and_infer_workflows(data, totalseg):
     nifti = [str(totalseg / "nifti" / "example_ct_sm.nii.gz")]
     assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti).check_properties() == []
     assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti, dicom_seg="true").check_properties() == []
-
-
-def test_metadata_and_network_io_verify(totalseg, tmp_path):
-    schema = tmp_path / "meta_schema_20240725.json"  # a local copy: verify_metadata would download it otherwise
-    shutil.copy(totalseg.parent.parent / "schemas" / "meta_schema_20240725.json", schema)
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(schema))
-    verify_net_in_out(
-        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json")
-    )
 
 
 def test_label_ids_select_and_renumber_the_organs(data):
