@@ -57,7 +57,8 @@ def fgsm(
 
     Returns:
         The adversarial batch, a new plain tensor of the image's shape and dtype, with ``|x_adv - x| <= epsilon``
-        exactly (no float-rounding overshoot) and inside ``clip_range``.
+        exactly for ``epsilon`` in the image's dtype (no float-rounding overshoot; see
+        :func:`~monai_advseg.attacks.gradient.project`), inside ``clip_range`` where the input is.
 
     Raises:
         ValueError: negative or non-finite epsilon, mismatched label, non-finite image, ``clip_range`` with lo >= hi.

@@ -89,6 +89,19 @@ def input_gradient(
     return gradient
 
 
+def _exceeds(value: torch.Tensor, centre: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Exactly where ``value > centre + offset`` in real arithmetic (no rounding of the sum).
+
+    Works in float64 (exact for float16/bfloat16/float32 operands); the TwoSum error term then recovers what rounding
+    ``centre + offset`` lost, so a float64 image is compared exactly as well.
+    """
+    value, centre, offset = value.double(), centre.double(), offset.double()
+    total = centre + offset
+    offset_part = total - centre
+    error = (centre - (total - offset_part)) + (offset - offset_part)  # centre + offset == total + error exactly
+    return (value > total) | ((value == total) & (error < 0))
+
+
 def project(
     candidate: torch.Tensor,
     original: torch.Tensor,
@@ -97,17 +110,21 @@ def project(
 ) -> torch.Tensor:
     """Clip ``candidate`` to ``clip_range`` and then to the L-inf ball of radius ``epsilon`` around ``original``.
 
-    The ball comes last so that ``|x_adv - x| <= epsilon`` holds even for input voxels outside ``clip_range``; for
-    inputs inside the range the result satisfies both constraints.
+    The ball comes last so that ``|x_adv - x| <= epsilon`` holds even for input voxels outside ``clip_range``; such
+    voxels may stay outside the range (by at most their own distance to it). Inputs inside the range give results
+    inside both.
 
-    The bound is exact in the image's dtype: ``x +- epsilon`` is rounded to that dtype and can land one unit in the
-    last place outside the ball (for most voxels of a HU image at epsilon = 0.5 levels); such voxels step back by
-    one representable value towards ``original`` (``torch.nextafter``), which keeps them inside ``clip_range`` too.
+    The bound holds exactly, in real arithmetic, for ``epsilon`` as given in the image's dtype (the attacks convert it
+    first, so a float32 image is bounded by float32(0.1) = 0.10000000149...). ``x +- epsilon`` rounded to the image's
+    dtype can land one unit in the last place outside the ball (for most voxels of a HU image at epsilon = 0.5
+    levels, and for dark voxels of [0, 1] images); those voxels step back by one representable value towards
+    ``original`` (``torch.nextafter``), which is then inside.
     """
     if clip_range is not None:
         candidate = candidate.clamp(clip_range[0], clip_range[1])
     result = torch.minimum(torch.maximum(candidate, original - epsilon), original + epsilon)
-    outside = (result - original).abs() > epsilon
+    epsilon = epsilon.to(result.dtype).expand_as(result)
+    outside = _exceeds(result, original, epsilon) | _exceeds(-result, -original, epsilon)
     return torch.where(outside, torch.nextafter(result, original), result)
 
 

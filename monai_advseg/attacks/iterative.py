@@ -128,8 +128,8 @@ def iterative_fgsm(
         clip_range: ``(lo, hi)`` valid intensity range, or None.
 
     Returns:
-        The adversarial batch (a new tensor), with ``|x_adv - x| <= epsilon`` exactly (no float-rounding
-        overshoot) and inside ``clip_range``.
+        The adversarial batch (a new tensor), with ``|x_adv - x| <= epsilon`` exactly for ``epsilon`` in the
+        image's dtype (no float-rounding overshoot), inside ``clip_range`` where the input is.
 
     Raises:
         ValueError: on bad strengths, steps, shapes, values or ``clip_range``.
@@ -168,8 +168,8 @@ def pgd(
         Others as in :func:`iterative_fgsm` (``steps`` is required).
 
     Returns:
-        The adversarial batch (a new tensor), with ``|x_adv - x| <= epsilon`` exactly (no float-rounding
-        overshoot) and inside ``clip_range``.
+        The adversarial batch (a new tensor), with ``|x_adv - x| <= epsilon`` exactly for ``epsilon`` in the
+        image's dtype (no float-rounding overshoot), inside ``clip_range`` where the input is.
     """
     return _iterate(
         network,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["check_attack_inputs", "check_clip_range", "as_sample_tensor"]
@@ -18,7 +19,7 @@ def check_clip_range(clip_range: Sequence[float] | None) -> tuple[float, float] 
     """
     if clip_range is None:
         return None
-    if isinstance(clip_range, (str, bytes)) or not hasattr(clip_range, "__len__") or len(clip_range) != 2:
+    if isinstance(clip_range, (str, bytes)) or np.ndim(clip_range) != 1 or len(clip_range) != 2:
         raise ValueError(f"clip_range must be (lo, hi), got {clip_range!r}")
     try:
         lo, hi = (float(v) for v in clip_range)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -9,6 +11,17 @@ from hypothesis import strategies as st
 from tiny_models import linear_pixel_model, small_unet
 
 from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, iterative_fgsm, levels_to_epsilon, pgd, segpgd
+from monai_advseg.attacks.gradient import project
+
+
+def _outside_ball(result: torch.Tensor, image: torch.Tensor, epsilon: torch.Tensor) -> int:
+    """How many voxels lie further than ``epsilon`` from ``image``, counted in exact rational arithmetic.
+
+    ``epsilon`` is taken in the image's dtype (the attacks convert it) and broadcast to the image.
+    """
+    bound = epsilon.to(image.dtype).expand_as(image).double().flatten().tolist()
+    pairs = zip(result.double().flatten().tolist(), image.double().flatten().tolist(), bound, strict=True)
+    return sum(abs(Fraction(r) - Fraction(x)) > Fraction(e) for r, x, e in pairs)
 
 
 def _pgd(network, image, label, epsilon, *, alpha, steps, clip_range):
@@ -59,7 +72,7 @@ def test_results_stay_in_the_ball_and_the_clip_range(name, eps_fraction, alpha_f
     bound = epsilon.view(2, 1, 1, 1)  # exact: no allowance for the float32 rounding of x +- eps
     for result in results:
         assert result.shape == image.shape and result.dtype == image.dtype
-        assert bool(((result - image).abs() <= bound).all())
+        assert _outside_ball(result, image, bound) == 0
         assert bool((result >= lo).all()) and bool((result <= hi).all())
         for i in range(2):
             if float(epsilon[i]) == 0:
@@ -79,9 +92,30 @@ def test_ball_is_exact_for_hounsfield_inputs(name, levels):
     results = ATTACKS[name](network, image, label, epsilon, alpha=epsilon, steps=3, clip_range=(-1024, 3071))
     for result in results:
         distance = (result - image).abs()
-        assert bool((distance <= epsilon[0]).all()), float((distance - epsilon[0]).max())
+        assert _outside_ball(result, image, epsilon[0]) == 0
         inside = (image - epsilon[0] > -1024) & (image + epsilon[0] < 3071)
         assert float((epsilon[0] - distance[inside]).max()) < 1e-3  # at most an ulp short of the surface
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("low", "width", "epsilon"),
+    [(0.0, 0.1, 0.1), (0.0, 0.2, 32 / 255), (-1024.0, 4095.0, 4095 / 255 / 2), (-0.01, 0.02, 1e-3)],
+    ids=["dark-unit-range", "unit-range-32-levels", "hounsfield-half-level", "around-zero"],
+)
+def test_projection_is_exact_in_every_float_dtype(dtype, low, width, epsilon):
+    """x +- eps rounded to the image's dtype overshoots the ball near zero (where the rounded difference hides it)
+    and at large magnitudes; checked in exact rational arithmetic, and every voxel pushed out is back on the surface
+    or within one representable step of it."""
+    generator = torch.Generator().manual_seed(0)
+    image = (low + width * torch.rand(2048, generator=generator, dtype=torch.float64)).to(dtype)
+    eps = torch.tensor(epsilon, dtype=dtype)
+    push = torch.where(torch.rand(2048, generator=generator) > 0.5, 3.0, -3.0).to(dtype)
+    result = project(image + push * eps, image, eps, None)
+    assert result.dtype == dtype
+    assert _outside_ball(result, image, eps) == 0
+    surface = torch.where(push > 0, image + eps, image - eps)  # the dtype's nearest value to the ball's surface
+    assert bool((result == surface).logical_or(result == torch.nextafter(surface, image)).all())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -127,6 +161,7 @@ BAD_INPUTS = {
     "non-numeric clip_range": ({"clip_range": ("low", "high")}, r"clip_range must be two numbers \(lo, hi\)"),
     "clip_range of None bounds": ({"clip_range": (None, 1.0)}, r"clip_range must be two numbers \(lo, hi\)"),
     "clip_range a string": ({"clip_range": "01"}, r"clip_range must be \(lo, hi\)"),
+    "clip_range a 0-d tensor": ({"clip_range": torch.tensor(1.0)}, r"clip_range must be \(lo, hi\)"),
     "nan label": (
         {"label": torch.zeros(2, 1, 8, 8).index_fill_(2, torch.tensor([3]), float("nan"))},
         "label contains NaN",
