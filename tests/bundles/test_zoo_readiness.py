@@ -51,6 +51,7 @@ ZOO_FILES = [
     "configs/inference.json",
     "configs/multi_gpu_train.json",
     "configs/robust_evaluate.json",
+    "configs/multi_gpu_robust_evaluate.json",
     "configs/logging.conf",
     "docs/README.md",
     "docs/data_license.txt",
@@ -187,6 +188,27 @@ def test_every_target_in_every_bundle_config_is_a_full_dotted_path():
                 bad.append(f"{where}: {target!r}")
     assert count > 50
     assert bad == []
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_multi_gpu_layers_shard_the_sweep_and_keep_bars_on_rank0(bundle, rank, monkeypatch):
+    """The documented four-file torchrun sweep command resolves: the sweep's loader shards the validation data with
+    a DistributedSampler, ``run`` is the sweep (not training), and progress bars are on for rank 0 only, even
+    when every rank's stderr is the same terminal (torchrun's default)."""
+    configs = BUNDLES / bundle / "configs"
+    layers = ["train.json", "robust_evaluate.json", "multi_gpu_train.json", "multi_gpu_robust_evaluate.json"]
+    parser = ConfigParser()
+    parser.read_config([str(configs / name) for name in layers])
+    assert parser["robust_evaluate#sampler"]["_target_"] == "monai.data.DistributedSampler"
+    assert parser["robust_evaluate#sampler"]["dataset"] == "@validate#dataset"
+    assert parser["robust_evaluate#dataloader#sampler"] == "@robust_evaluate#sampler"
+    assert parser["run"] == ["$@robust_evaluate#evaluator.run()"]
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(os, "isatty", lambda fd: True)
+    assert parser.get_parsed_content("progress") is (rank == "0")
+    monkeypatch.setattr(os, "isatty", lambda fd: False)
+    parser.parse()  # a fresh resolution: the expression is evaluated again
+    assert parser.get_parsed_content("progress") is False
 
 
 def test_metadata_and_network_io_verify(bundle, tmp_path, shared_schema):
