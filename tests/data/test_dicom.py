@@ -150,3 +150,26 @@ def test_series_folder_with_extra_non_dicom_file(shared_dataset, tmp_path):
     (tmp_path / "s" / "README.txt").write_text("exported by a PACS")
     info = check_dicom_series(tmp_path / "s")
     assert len(info.files) == 3 and [p.name for p in info.ignored_files] == ["README.txt"]
+
+
+def test_loaded_geometry_is_simpleitks_and_a_disagreement_is_refused(shared_dataset, monkeypatch):
+    """The decoded volume takes SimpleITK's origin / direction / spacing; when they disagree with the slice
+    positions by more than 1e-3 mm (simulated: SimpleITK's origin moved by 0.5 mm), loading stops."""
+    import SimpleITK as sitk
+
+    from monai_advseg.data import dicom_series_affine
+
+    series = shared_dataset("ct_totalseg_example") / "dicom"
+    _, meta = load_dicom_series(series)
+    np.testing.assert_allclose(meta["affine"], dicom_series_affine(check_dicom_series(series)), atol=1e-3)
+    execute = sitk.ImageSeriesReader.Execute
+
+    def shifted(reader):
+        image = execute(reader)
+        image.SetOrigin([value + 0.5 for value in image.GetOrigin()])
+        return image
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", shifted)
+    with pytest.raises(ValueError, match="SimpleITK geometry disagrees with the slice positions") as error:
+        load_dicom_series(series)
+    assert str(series) in str(error.value)
