@@ -133,9 +133,9 @@ def load_dicom_series(folder: str | os.PathLike, check_values: bool = True) -> t
 
     Returns:
         ``(array, meta)``: ``array`` has axes (column, row, slice) and rescaled values (HU for CT); ``meta`` holds
-        ``affine`` / ``original_affine`` (4x4 voxel-to-RAS, float64), ``spatial_shape``, ``spacing`` (mm, SimpleITK's,
-        which must agree with the slice positions), ``space`` and ``original_channel_dim`` as MONAI's readers do. No DICOM attribute
-        other than geometry is kept.
+        ``affine`` / ``original_affine`` (4x4 voxel-to-RAS, float64), ``spatial_shape``, ``spacing`` (mm,
+        SimpleITK's, which must agree with the slice positions), ``space`` and ``original_channel_dim`` as MONAI's
+        readers do. No DICOM attribute other than geometry is kept.
 
     Raises:
         FileNotFoundError: when the folder does not exist.
