@@ -67,7 +67,8 @@ class AdversarialCopyGenerator:
 
     Raises:
         FileExistsError: ``output_dir`` exists and ``overwrite`` is False (checked before any work).
-        ValueError: bad augmentation names, epsilon or ranges.
+        ValueError: bad augmentation names, epsilon or ranges; from :meth:`run`, a NIfTI source whose loaded affine
+            differs from its file's (``loading`` flipped, reoriented or resampled it) or whose copy's shape does.
     """
 
     def __init__(
@@ -126,24 +127,34 @@ class AdversarialCopyGenerator:
     def _write_item(self, item: Mapping[str, Any], staging: Path) -> list[dict[str, str]]:
         loaded = self.loading(dict(item))
         source = loaded[self.image_key]
+        image_path, label_path = Path(item[self.image_key]), Path(item[self.label_key])
+        affine, header = np.asarray(source.affine, dtype=np.float64), None
+        if image_path.name.endswith((".nii", ".nii.gz")):
+            # The source's own header: the copy keeps its affine, qform/sform codes, pixdims and units exactly
+            # (MONAI's reader exposes only the affine); the data type becomes float32 without scaling.
+            original = nib.load(image_path)
+            # The copy's voxels are in the loaded grid but its header is the file's: a loading pipeline that flipped
+            # or reoriented the image (which a square slice passes the shape check with) would put the copy out of
+            # register with its label.
+            if affine.shape != original.affine.shape or not np.allclose(affine, original.affine):
+                raise ValueError(
+                    f"{image_path}: the loaded image's affine {np.round(affine, 4).tolist()} differs from the file's "
+                    f"{np.round(original.affine, 4).tolist()}; the loading transforms must keep the source geometry "
+                    "(no flip, reorientation or resampling)"
+                )
+            affine, header = original.affine, original.header.copy()
+            header.set_data_dtype(np.float32)
+            header.set_slope_inter(1.0, 0.0)
+            header["cal_min"], header["cal_max"] = 0.0, 0.0  # they described the source's intensities
         prepared = self.preparation({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in loaded.items()})
         image = prepared[self.image_key].as_tensor()[None].to(self.device, torch.float32)
         label = prepared[self.label_key].as_tensor()[None].to(self.device)
         pair = fgsm_pair(self.network, image, label, self.epsilon, clip_range=self.input_range)
         copies = {kind: dict(zip(("fgsm", "inverse_fgsm"), pair, strict=True))[kind][0] for kind in self.augmentations}
         perturbations = self._source_perturbations(prepared, copies)
-        image_path, label_path = Path(item[self.image_key]), Path(item[self.label_key])
         name = strip_suffix(image_path.name, (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")) or image_path.stem
         label_copy = staging / "labels" / label_path.name
         shutil.copy2(label_path, label_copy)
-        affine, header = np.asarray(source.affine, dtype=np.float64), None
-        if image_path.name.endswith((".nii", ".nii.gz")):
-            # The source's own header: the copy keeps its affine, qform/sform codes, pixdims and units exactly
-            # (MONAI's reader exposes only the affine); the data type becomes float32 without scaling.
-            original = nib.load(image_path)
-            affine, header = original.affine, original.header.copy()
-            header.set_data_dtype(np.float32)
-            header.set_slope_inter(1.0, 0.0)
         entries = []
         for kind in self.augmentations:
             written = (source.as_tensor().float() + perturbations[kind]).clamp(self.window[0], self.window[1])

@@ -10,7 +10,9 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
+    Flipd,
     LoadImaged,
+    Orientationd,
     Resized,
     ScaleIntensityRanged,
 )
@@ -42,27 +44,34 @@ def nifti_slice(shared_dataset, tmp_path):
         nifti.header.set_qform(affine, code=1)  # scanner
         nifti.header.set_sform(affine, code=2)  # aligned
         nifti.header.set_xyzt_units("mm", "sec")
+        nifti.header["cal_min"], nifti.header["cal_max"] = float(array.min()), float(array.max())
         paths[key] = tmp_path / f"{key}.nii.gz"
         nib.save(nifti, paths[key])
     return {key: str(path) for key, path in paths.items()}
 
 
-def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path):
-    keys = ["image", "label"]
-    generator = AdversarialCopyGenerator(
+KEYS = ["image", "label"]
+
+
+def _generator(nifti_slice, output_dir, *extra_loading) -> AdversarialCopyGenerator:
+    return AdversarialCopyGenerator(
         network=small_unet(),
         datalist=[nifti_slice],
-        loading=Compose([LoadImaged(keys, image_only=True), EnsureChannelFirstd(keys)]),
+        loading=Compose([LoadImaged(KEYS, image_only=True), EnsureChannelFirstd(KEYS), *extra_loading]),
         preparation=[
             ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True),
             AsDiscreted("label", threshold=0.5),
-            Resized(keys, spatial_size=(32, 32), mode=["bilinear", "nearest"]),
-            EnsureTyped(keys),
+            Resized(KEYS, spatial_size=(32, 32), mode=["bilinear", "nearest"]),
+            EnsureTyped(KEYS),
         ],
-        output_dir=tmp_path / "adversarial",
+        output_dir=output_dir,
         augmentations="both",
         epsilon=0.1,
     )
+
+
+def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path):
+    generator = _generator(nifti_slice, tmp_path / "adversarial")
     datalist = json.loads(generator.run().read_text())["training"]
     assert [entry["augmentation"] for entry in datalist] == ["fgsm", "inverse_fgsm"]
     source = nib.load(nifti_slice["image"])
@@ -80,3 +89,27 @@ def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path):
         difference = np.abs(copy.get_fdata() - source.get_fdata())
         assert difference.max() <= 0.1 * 255 + 1e-3 and difference.mean() > 1.0
         assert open(entry["label"], "rb").read() == open(nifti_slice["label"], "rb").read()
+
+
+def test_copies_reset_the_sources_display_range(nifti_slice, tmp_path):
+    """cal_min / cal_max describe the source's intensities, not the float copy's: the copy's are 0 (unset)."""
+    source = nib.load(nifti_slice["image"]).header
+    assert float(source["cal_min"]) == 0.0 and float(source["cal_max"]) > 200  # the source sets them
+    datalist = json.loads(_generator(nifti_slice, tmp_path / "adversarial").run().read_text())["training"]
+    for entry in datalist:
+        header = nib.load(entry["image"]).header
+        assert float(header["cal_min"]) == 0.0 and float(header["cal_max"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "reorientation",
+    [Flipd(KEYS, spatial_axis=0), Orientationd(KEYS, axcodes="LP", labels=None)],
+    ids=["flip", "orientation"],
+)
+def test_a_loading_pipeline_that_moves_the_voxels_is_refused(nifti_slice, tmp_path, reorientation):
+    """A flip keeps the shape, so only the affine shows that the copy (written with the file's header) would be out
+    of register with its label: the run stops naming the file, and leaves nothing behind."""
+    output = tmp_path / "adversarial"
+    with pytest.raises(ValueError, match=r"image\.nii\.gz: the loaded image's affine .* differs from the file's"):
+        _generator(nifti_slice, output, reorientation).run()
+    assert not output.exists() and list(tmp_path.glob(".adversarial.*")) == []
