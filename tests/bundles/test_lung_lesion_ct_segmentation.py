@@ -202,7 +202,11 @@ def test_generate_adversarial_with_overwrite_true_replaces_the_copies(slices, tr
     assert {entry["augmentation"] for entry in after} == {"fgsm"}  # the datalist is rewritten
     assert len(after) == len(before) // 2
     assert sorted(path.name for path in folder.iterdir()) == ["datalist.json", "fgsm", "labels"]  # folder replaced
-    assert all(nib.load(entry["image"]).shape for entry in after)
+    for entry in after:  # the new copies are readable and in their source's geometry
+        copy, source = nib.load(entry["image"]), LoadImage(image_only=True)(entry["source"])
+        assert copy.shape == tuple(source.shape)
+        assert np.allclose(copy.affine, source.affine)
+        assert entry["image"].startswith(f"{folder / 'fgsm'}/")
     assert not any(path.name.startswith(".adversarial.") for path in tmp_path.iterdir())  # no staging left behind
 
 
