@@ -15,6 +15,7 @@ import pydicom
 import pytest
 import torch
 from bundle_helpers import BUNDLES, bundle_cli, run_workflow, workflow
+from dicom_helpers import drop_pixel_spacing, text_sr
 
 from monai_advseg.data import load_dicom_series
 
@@ -488,30 +489,10 @@ def _bad_inference_input(kind: str, totalseg, folder, dcmqi=None):
         # the returned path is the file the error must name; the run is given its series folder
         series = shutil.copytree(dcmqi / "dicom", folder / "series3")
         if kind == "no_pixel_spacing":
-            ds = pydicom.dcmread(series / "02.dcm")
-            del ds.PixelSpacing
-            ds.save_as(series / "02.dcm")
-            return series / "02.dcm", "slice lacks PixelSpacing (SOP class CT Image Storage"
-        _structured_report(series / "report.dcm", pydicom.dcmread(series / "01.dcm").SeriesInstanceUID)
+            return drop_pixel_spacing(series / "02.dcm"), "slice lacks PixelSpacing (SOP class CT Image Storage"
+        text_sr(series / "report.dcm", pydicom.dcmread(series / "01.dcm").SeriesInstanceUID)
         return series / "report.dcm", "not an image slice (SOP class Basic Text SR"
     raise AssertionError(kind)
-
-
-def _structured_report(path, series_uid):
-    """A DICOM object without pixel data (a Basic Text SR) belonging to the series ``series_uid``."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "SR"
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
+from dicom_helpers import drop_pixel_spacing, text_sr
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from monai_advseg.data import (
     build_datalist,
@@ -88,44 +87,21 @@ def test_two_series_in_one_folder(series20, series3):
         check_dicom_series(series20)
 
 
-def _text_sr(path: Path, series_uid: str) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series_uid
-    ds.Modality = "SR"
-    ds.InstanceNumber = 99
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 @pytest.mark.real_data
 def test_non_image_dicom_in_series_folder(series3):
     uid = pydicom.dcmread(series3 / "01.dcm", stop_before_pixels=True).SeriesInstanceUID
-    _text_sr(series3 / "report.dcm", uid)
+    text_sr(series3 / "report.dcm", uid)
     with pytest.raises(ValueError, match=r"report\.dcm: not an image slice \(SOP class Basic Text SR.*no pixel data"):
         check_dicom_series(series3)
     with pytest.raises(ValueError, match=r"report\.dcm: not an image slice"):
         build_datalist(series3)
 
 
-def _drop_pixel_spacing(path: Path) -> Path:
-    ds = pydicom.dcmread(path)
-    del ds.PixelSpacing
-    ds.save_as(path)
-    return path
-
-
 @pytest.mark.real_data
 def test_slice_without_pixel_spacing(series3, tmp_path, capsys):
     """No 1 x 1 mm default: a slice without PixelSpacing stops the series with its file and the attribute named."""
     assert check_dicom_series(series3).pixel_spacing == pytest.approx((0.810547, 0.810547))
-    victim = _drop_pixel_spacing(series3 / "02.dcm")
+    victim = drop_pixel_spacing(series3 / "02.dcm")
     reason = r"02\.dcm: slice lacks PixelSpacing \(SOP class CT Image Storage"
     for check in (check_dicom_series, load_dicom_series, build_datalist):
         with pytest.raises(ValueError, match=reason):
@@ -247,7 +223,7 @@ def test_patient_identifiers_never_leak(series3, tmp_path, caplog):
     assert main([str(series3), "-o", str(out)]) == 0
     _, meta = load_dicom_series(series3)
     # make the series fail too, so error messages are covered
-    _text_sr(series3 / "report.dcm", pydicom.dcmread(series3 / "01.dcm").SeriesInstanceUID)
+    text_sr(series3 / "report.dcm", pydicom.dcmread(series3 / "01.dcm").SeriesInstanceUID)
     with pytest.raises(ValueError) as err:
         build_datalist(series3)
     texts = [out.read_text(), caplog.text, str(err.value), repr(meta)]
@@ -294,9 +270,9 @@ def test_cli_exits_non_zero_on_a_bad_series_and_writes_nothing(series20, series3
             shutil.copy(f, series20 / f.name)
     elif kind == "non_image":
         first = pydicom.dcmread(sorted(series20.iterdir())[0], stop_before_pixels=True)
-        _text_sr(series20 / "report.dcm", str(first.get("SeriesInstanceUID", "") or ""))
+        text_sr(series20 / "report.dcm", str(first.get("SeriesInstanceUID", "") or ""))
     else:
-        _drop_pixel_spacing(sorted(series20.iterdir())[3])
+        drop_pixel_spacing(sorted(series20.iterdir())[3])
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     cmd = [sys.executable, "-m", "monai_advseg.data.datalist", str(series20), "-o", str(out_dir / "datalist.json")]
