@@ -92,14 +92,40 @@ def input_gradient(
 def _exceeds(value: torch.Tensor, centre: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """Exactly where ``value > centre + offset`` in real arithmetic (no rounding of the sum).
 
-    Works in float64 (exact for float16/bfloat16/float32 operands); the TwoSum error term then recovers what rounding
-    ``centre + offset`` lost, so a float64 image is compared exactly as well.
+    TwoSum (Knuth) recovers the rounding error of ``centre + offset``; it is exact in any IEEE binary format with
+    round-to-nearest, so float32 and float64 are compared in their own dtype. Half-precision arithmetic may round
+    twice (computed in float32, stored in half), so float16/bfloat16 are compared in float64, where their sums are
+    exact.
     """
-    value, centre, offset = value.double(), centre.double(), offset.double()
+    if value.dtype not in (torch.float32, torch.float64):
+        value, centre, offset = value.double(), centre.double(), offset.double()
     total = centre + offset
     offset_part = total - centre
     error = (centre - (total - offset_part)) + (offset - offset_part)  # centre + offset == total + error exactly
     return (value > total) | ((value == total) & (error < 0))
+
+
+def ball_edges(original: torch.Tensor, epsilon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-inf ball ``[x - epsilon, x + epsilon]`` as the closest values of the image's dtype *inside* it.
+
+    ``x +- epsilon`` rounded to the image's dtype can land one unit in the last place outside the ball (for most
+    voxels of a HU image at epsilon = 0.5 levels, and for dark voxels of [0, 1] images); such an edge steps back by
+    one representable value (``torch.nextafter``). Computed once per attack, so the per-step projection stays a clamp.
+
+    Args:
+        original: the centre ``x``.
+        epsilon: the radius in the image's dtype, broadcastable to ``original``.
+
+    Returns:
+        ``(lower, upper)``, tensors of ``original``'s shape and dtype with ``x - epsilon <= lower`` and
+        ``upper <= x + epsilon`` exactly.
+    """
+    epsilon = epsilon.to(original.dtype).expand_as(original)
+    upper = original + epsilon
+    upper = torch.where(_exceeds(upper, original, epsilon), torch.nextafter(upper, original), upper)
+    lower = original - epsilon
+    lower = torch.where(_exceeds(-lower, -original, epsilon), torch.nextafter(lower, original), lower)
+    return lower, upper
 
 
 def project(
@@ -107,6 +133,7 @@ def project(
     original: torch.Tensor,
     epsilon: torch.Tensor,
     clip_range: tuple[float, float] | None,
+    edges: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Clip ``candidate`` to ``clip_range`` and then to the L-inf ball of radius ``epsilon`` around ``original``.
 
@@ -115,17 +142,24 @@ def project(
     inside both.
 
     The bound holds exactly, in real arithmetic, for ``epsilon`` as given in the image's dtype (the attacks convert it
-    first, so a float32 image is bounded by float32(0.1) = 0.10000000149...). ``x +- epsilon`` rounded to the image's
-    dtype can land one unit in the last place outside the ball (for most voxels of a HU image at epsilon = 0.5
-    levels, and for dark voxels of [0, 1] images); those voxels step back by one representable value towards
-    ``original`` (``torch.nextafter``), which is then inside.
+    first, so a float32 image is bounded by float32(0.1) = 0.10000000149...): the ball's edges are the values of
+    :func:`ball_edges`.
+
+    Args:
+        candidate: the point to project.
+        original: the ball's centre.
+        epsilon: its radius, broadcastable to ``original``.
+        clip_range: valid intensity range, or None.
+        edges: ``ball_edges(original, epsilon)`` when the caller already has them (iterative attacks compute them
+            once); computed here otherwise.
+
+    Returns:
+        A new tensor.
     """
+    lower, upper = ball_edges(original, epsilon) if edges is None else edges
     if clip_range is not None:
         candidate = candidate.clamp(clip_range[0], clip_range[1])
-    result = torch.minimum(torch.maximum(candidate, original - epsilon), original + epsilon)
-    epsilon = epsilon.to(result.dtype).expand_as(result)
-    outside = _exceeds(result, original, epsilon) | _exceeds(-result, -original, epsilon)
-    return torch.where(outside, torch.nextafter(result, original), result)
+    return torch.minimum(torch.maximum(candidate, lower), upper)
 
 
 def signed_step(
@@ -136,6 +170,7 @@ def signed_step(
     original: torch.Tensor | None = None,
     epsilon: torch.Tensor | None = None,
     clip_range: tuple[float, float] | None = None,
+    edges: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One signed-gradient step ``image + step * sign(gradient)``, projected and clipped.
 
@@ -148,6 +183,7 @@ def signed_step(
         original: centre of the L-inf ball (default: ``image``).
         epsilon: ball radius (default: ``|step|``).
         clip_range: valid intensity range, or None for no clipping.
+        edges: :func:`ball_edges` of ``original`` and ``epsilon``, if already computed.
 
     Returns:
         A new tensor.
@@ -155,4 +191,4 @@ def signed_step(
     original = image if original is None else original
     step = torch.as_tensor(step, dtype=image.dtype, device=image.device)
     epsilon = step.abs() if epsilon is None else epsilon
-    return project(image + step * gradient.sign(), original, epsilon, clip_range)
+    return project(image + step * gradient.sign(), original, epsilon, clip_range, edges)

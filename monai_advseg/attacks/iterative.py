@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_advseg.attacks.gradient import LossFn, attack_mode, input_gradient, plain_copy, project, signed_step
+from monai_advseg.attacks.gradient import (
+    LossFn,
+    attack_mode,
+    ball_edges,
+    input_gradient,
+    plain_copy,
+    project,
+    signed_step,
+)
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
@@ -70,10 +78,12 @@ def _iterate(
     original = plain_copy(image)
     target = plain_copy(label)
     adversarial = original.clone()
+    lower, upper = ball_edges(original, eps)  # once: every step's projection is then a clamp
     if random_start:
         device = generator.device if generator is not None else image.device
         noise = torch.rand(original.shape, generator=generator, device=device, dtype=original.dtype)
-        adversarial = project(original + (2 * noise.to(original.device) - 1) * eps, original, eps, clip)
+        start = original + (2 * noise.to(original.device) - 1) * eps
+        adversarial = project(start, original, eps, clip, edges=(lower, upper))
         adversarial[counts == 0] = original[counts == 0]
     direction = -1.0 if targeted else 1.0
     with attack_mode(network) as module:
@@ -91,6 +101,7 @@ def _iterate(
                 original=original[index],
                 epsilon=eps[index],
                 clip_range=clip,
+                edges=(lower[index], upper[index]),
             )
             if whole:
                 adversarial = updated
