@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from monai.bundle import ConfigWorkflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +73,12 @@ def bundle_torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProce
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
+
+
+def assert_dice_and_jaccard_report(metrics_csv: Path) -> None:
+    """``evaluate.json``'s ``metrics.csv`` holds exactly mean Dice and mean Jaccard (IoU), and they are consistent."""
+    rows = {row[0]: float(row[1]) for row in csv.reader(Path(metrics_csv).open())}
+    assert set(rows) == {"val_mean_dice", "val_mean_iou"}
+    dice, iou = rows["val_mean_dice"], rows["val_mean_iou"]
+    assert 0 <= iou <= dice <= 1  # Jaccard never exceeds Dice for the same masks
+    assert dice == pytest.approx(2 * iou / (1 + iou), abs=0.15)  # per-case identity, averaged over few cases

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import BUNDLES, bundle_cli, link_subset, run_workflow, workflow
+from bundle_helpers import BUNDLES, assert_dice_and_jaccard_report, bundle_cli, link_subset, run_workflow, workflow
 from ignite.engine import Events
 from monai.handlers import from_engine
 from monai.transforms import LoadImage
@@ -181,11 +181,7 @@ def test_evaluate_reports_dice_and_jaccard(cxr, trained, tmp_path):
         output_dir=str(tmp_path),
         **SMALL,
     )
-    rows = {row[0]: float(row[1]) for row in csv.reader((tmp_path / "metrics.csv").open())}
-    assert set(rows) == {"val_mean_dice", "val_mean_iou"}
-    dice, iou = rows["val_mean_dice"], rows["val_mean_iou"]
-    assert 0 <= iou <= dice <= 1
-    assert dice == pytest.approx(2 * iou / (1 + iou), abs=0.15)
+    assert_dice_and_jaccard_report(tmp_path / "metrics.csv")
 
 
 def test_inference_writes_png_masks_in_the_source_geometry(cxr, trained, tmp_path):
