@@ -1,4 +1,4 @@
-"""MONAI engines: the adversarial-augmentation trainer and the robustness evaluator."""
+"""MONAI engines: the adversarial-augmentation trainer, the robustness evaluator, and their distributed ending."""
 
 from monai_advseg.engines.adversarial_augmentation import (
     AUGMENTATIONS,
@@ -7,6 +7,7 @@ from monai_advseg.engines.adversarial_augmentation import (
     parse_augmentations,
 )
 from monai_advseg.engines.adversarial_copies import AdversarialCopyGenerator, training_items
+from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
 
@@ -17,6 +18,7 @@ __all__ = [
     "AdversarialCopyGenerator",
     "RobustnessEvaluator",
     "as_flag",
+    "end_process_group",
     "load_network_weights",
     "online_augmentations",
     "parse_augmentations",
