@@ -44,6 +44,13 @@ def _single_thread_determinism():
     yield
 
 
+def _skip_or_fail(message: str) -> None:
+    """Skip a test whose shared files are missing, or fail it under ``MONAI_ADVSEG_REQUIRE_DATA=1`` (CI)."""
+    if REQUIRE_DATA:
+        pytest.fail(message + "; MONAI_ADVSEG_REQUIRE_DATA=1 forbids skipping")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_dataset() -> Callable[[str], Path]:
     """Return a function mapping a data set name (a folder of ``../shared/data``) to its path, or skip/fail."""
@@ -51,10 +58,7 @@ def shared_dataset() -> Callable[[str], Path]:
     def _get(name: str) -> Path:
         path = SHARED_DATA / name
         if not path.is_dir():
-            message = f"real data set {name!r} not found at {path} (set MONAI_ADVSEG_DATA to its parent folder)"
-            if REQUIRE_DATA:
-                pytest.fail(message + "; MONAI_ADVSEG_REQUIRE_DATA=1 forbids skipping")
-            pytest.skip(message)
+            _skip_or_fail(f"real data set {name!r} not found at {path} (set MONAI_ADVSEG_DATA to its parent folder)")
         return path
 
     return _get
@@ -71,10 +75,7 @@ def shared_schema() -> Callable[[str], Path]:
     def _get(name: str) -> Path:
         path = SHARED_SCHEMAS / name
         if not path.is_file():
-            message = f"schema {name!r} not found at {path} (set MONAI_ADVSEG_SCHEMAS to its folder)"
-            if REQUIRE_DATA:
-                pytest.fail(message + "; MONAI_ADVSEG_REQUIRE_DATA=1 forbids skipping")
-            pytest.skip(message)
+            _skip_or_fail(f"schema {name!r} not found at {path} (set MONAI_ADVSEG_SCHEMAS to its folder)")
         return path
 
     return _get
