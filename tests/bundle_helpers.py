@@ -64,6 +64,13 @@ def bundle_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpr
     )
 
 
+def bundle_run_args(bundle: str, config: str = "train.json", **overrides) -> list[str]:
+    """The arguments of ``python -m monai.bundle run`` for one config of ``bundle``, each override as ``--key value``
+    (values passed as text, as a user types them)."""
+    args = ["run", "--config_file", str(BUNDLES / bundle / "configs" / config), "--bundle_root", str(BUNDLES / bundle)]
+    return args + [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
+
+
 def bundle_torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 -m monai.bundle ARGS`` (gloo on CPU), one intra-op thread per rank so
     that two ranks on a 2-core machine do not oversubscribe it. Fails with the end of the log if a rank fails."""

@@ -9,7 +9,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import BUNDLES, assert_dice_and_jaccard_report, bundle_cli, link_subset, run_workflow, workflow
+from bundle_helpers import (
+    BUNDLES,
+    assert_dice_and_jaccard_report,
+    bundle_cli,
+    bundle_run_args,
+    link_subset,
+    run_workflow,
+    workflow,
+)
 from ignite.engine import Events
 from monai.handlers import from_engine
 from monai.transforms import LoadImage
@@ -33,23 +41,15 @@ def trained(cxr, tmp_path_factory):
     """One short NLCEN training run through the real CLI; later tests reuse its checkpoint."""
     out = tmp_path_factory.mktemp("trained")
     result = bundle_cli(
-        "run",
-        "--config_file",
-        str(BUNDLES / BUNDLE / "configs" / "train.json"),
-        "--bundle_root",
-        str(BUNDLES / BUNDLE),
-        "--dataset_dir",
-        str(cxr),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "eval"),
-        "--spatial_size",
-        "[64, 64]",
-        "--batch_size",
-        "2",
-        "--epochs",
-        "1",
+        *bundle_run_args(
+            BUNDLE,
+            dataset_dir=cxr,
+            ckpt_dir=out / "models",
+            output_dir=out / "eval",
+            spatial_size="[64, 64]",
+            batch_size=2,
+            epochs=1,
+        )
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train_loss" in result.stdout + result.stderr  # the epoch loss that drives the plateau schedule is logged

@@ -8,7 +8,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_helpers import BUNDLES, assert_dice_and_jaccard_report, bundle_cli, link_subset, run_workflow, workflow
+from bundle_helpers import (
+    assert_dice_and_jaccard_report,
+    bundle_cli,
+    bundle_run_args,
+    link_subset,
+    run_workflow,
+    workflow,
+)
 from monai.transforms import LoadImage
 from PIL import Image
 
@@ -29,23 +36,15 @@ def trained(slices, tmp_path_factory):
     """One short training run through the real CLI; later tests reuse its checkpoint."""
     out = tmp_path_factory.mktemp("trained")
     result = bundle_cli(
-        "run",
-        "--config_file",
-        str(BUNDLES / BUNDLE / "configs" / "train.json"),
-        "--bundle_root",
-        str(BUNDLES / BUNDLE),
-        "--dataset_dir",
-        str(slices),
-        "--ckpt_dir",
-        str(out / "models"),
-        "--output_dir",
-        str(out / "eval"),
-        "--spatial_size",
-        "[32, 32]",
-        "--batch_size",
-        "2",
-        "--epochs",
-        "1",
+        *bundle_run_args(
+            BUNDLE,
+            dataset_dir=slices,
+            ckpt_dir=out / "models",
+            output_dir=out / "eval",
+            spatial_size="[32, 32]",
+            batch_size=2,
+            epochs=1,
+        )
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loss_clean" not in result.stderr  # the per-copy losses are in the output dict, not printed as errors
@@ -158,20 +157,7 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     # ... a new --ckpt_dir trains on originals + copies (the README command, through the CLI) ...
     cli_overrides = {key: value for key, value in offline.items() if key not in SMALL}
     result = bundle_cli(
-        "run",
-        "--config_file",
-        str(BUNDLES / BUNDLE / "configs" / "train.json"),
-        "--bundle_root",
-        str(BUNDLES / BUNDLE),
-        *[arg for key, value in cli_overrides.items() for arg in (f"--{key}", str(value))],
-        "--online",
-        "false",
-        "--spatial_size",
-        "[32, 32]",
-        "--batch_size",
-        "2",
-        "--epochs",
-        "1",
+        *bundle_run_args(BUNDLE, **cli_overrides, online="false", spatial_size="[32, 32]", batch_size=2, epochs=1)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "models_offline" / "model.pt").is_file()
