@@ -108,8 +108,9 @@ def test_dice_under_attack_falls_with_epsilon(trained):
     means = [r["mean_dice"] for r in evaluator.results["metrics"]]
     # A one-level perturbation can flip a few boundary pixels either way (here +0.001 Dice), hence the tolerance.
     assert all(later <= earlier + 5e-3 for earlier, later in zip(means, means[1:], strict=False)), means
-    assert means[4] < means[3] < means[2] < means[0], means
-    assert means[-1] < means[0] - 0.02, "the strongest attack should hurt a plain U-Net"
+    # At 1 and 4 levels the change is a few boundary pixels (either sign, thread-count dependent): no strict order.
+    # At 16 and 32 levels the targeted attack has room to act, so the drops must be clear ones.
+    assert means[3] < means[0] - 0.01 and means[4] < means[3] - 0.02, means
     jaccard = [r["mean_jaccard"] for r in evaluator.results["metrics"]]
     assert jaccard[-1] < jaccard[0]
 
