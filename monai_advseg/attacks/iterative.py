@@ -20,10 +20,10 @@ from monai_advseg.attacks.gradient import (
     input_gradient,
     plain_copy,
     project,
-    signed_step,
 )
 from monai_advseg.attacks.losses import upcast_half
-from monai_advseg.attacks.schedule import kurakin_steps
+from monai_advseg.attacks.schedule import kurakin_steps_for
+from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
 
 __all__ = ["iterative_fgsm", "pgd", "segpgd", "segpgd_loss"]
@@ -36,20 +36,63 @@ def _per_sample(value: torch.Tensor, batch: int, ndim: int) -> torch.Tensor:
     return value.reshape(-1, *([1] * (ndim - 1))).expand(batch, *([1] * (ndim - 1))) if value.ndim == 0 else value
 
 
-def _step_counts(steps: int | torch.Tensor | None, eps: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    batch = eps.shape[0]
+def _kurakin_counts(epsilon: float | torch.Tensor, alpha: float | torch.Tensor, batch: int) -> torch.Tensor:
+    """:func:`~monai_advseg.attacks.schedule.kurakin_steps_for` per sample, from the values as the caller gave them.
+
+    The ratio is taken in float64 before any conversion to the image's dtype; the snap tolerance is a few units of
+    the precision the values came in (float64 for Python numbers, the tensor's dtype otherwise).
+    """
+    eps = torch.as_tensor(epsilon).detach().double().flatten().cpu()
+    step = torch.as_tensor(alpha).detach().double().flatten().cpu()
+    dtypes = [t.dtype for t in (torch.as_tensor(epsilon), torch.as_tensor(alpha)) if t.is_floating_point()]
+    rtol = 8 * max((torch.finfo(d).eps for d in dtypes), default=torch.finfo(torch.float64).eps)
+    eps, step = eps.expand(batch) if eps.numel() == 1 else eps, step.expand(batch) if step.numel() == 1 else step
+    if bool(((step <= 0) & (eps > 0)).any()):
+        raise ValueError("alpha must be > 0 to derive the Kurakin number of steps from epsilon / alpha")
+    counts = [
+        kurakin_steps_for(e, a, rtol=rtol) if e > 0 else 0 for e, a in zip(eps.tolist(), step.tolist(), strict=True)
+    ]
+    return torch.tensor(counts, dtype=torch.long)
+
+
+def _step_counts(
+    steps: int | torch.Tensor | None, epsilon: float | torch.Tensor, alpha: float | torch.Tensor, batch: int
+) -> torch.Tensor:
     if steps is None:
-        if bool(((alpha <= 0) & (eps > 0)).any()):
-            raise ValueError("alpha must be > 0 to derive the Kurakin number of steps from epsilon / alpha")
-        # epsilon / alpha in levels; rounding absorbs float noise such as 15.999999 for 16 levels.
-        ratios = (eps.flatten(1)[:, 0] / alpha.flatten(1)[:, 0].clamp_min(torch.finfo(alpha.dtype).tiny)).tolist()
-        return torch.tensor([kurakin_steps(round(r, 6)) for r in ratios], dtype=torch.long)
+        return _kurakin_counts(epsilon, alpha, batch)
     counts = torch.as_tensor(steps).long().flatten()
     if counts.numel() == 1:
         counts = counts.expand(batch).clone()
     if counts.numel() != batch or bool((counts < 0).any()):
         raise ValueError(f"steps must be a non-negative int or a ({batch},) tensor of them, got {steps!r}")
     return counts.cpu()
+
+
+def _leaders(
+    share: torch.Tensor | None, counts: torch.Tensor, original: torch.Tensor, target: torch.Tensor, by_count: bool
+) -> torch.Tensor:
+    """Each sample's leader: the sample whose iterate (and so whose gradient) it shares; itself when none.
+
+    Samples that the caller put in one group (``share`` ids) follow the group's member with the most steps, provided
+    they have the same image and label bit for bit (checked here, not assumed), and the same step count when the
+    loss depends on it (``by_count``). The leader has the most steps so that it stays active as long as any follower.
+    """
+    batch = counts.shape[0]
+    leader = torch.arange(batch)
+    if share is None:
+        return leader
+    groups = torch.as_tensor(share).long().flatten().cpu()
+    if groups.numel() != batch:
+        raise ValueError(f"share must hold one group id per sample ({batch}), got {groups.numel()}")
+    keys = torch.stack([groups, counts if by_count else torch.zeros_like(counts)], dim=1)
+    for key in torch.unique(keys, dim=0):
+        members = torch.nonzero((keys == key).all(dim=1)).flatten()
+        head = members[torch.argmax(counts[members])]  # first of the members with the most steps
+        head_image, head_target = original[head], target[head]
+        for member in members.tolist():
+            if torch.equal(original[member], head_image) and torch.equal(target[member], head_target):
+                leader[member] = head
+    return leader
 
 
 @torch.inference_mode(False)  # evaluators may call from inference mode; the iterates must be autograd tensors
@@ -67,13 +110,37 @@ def _iterate(
     random_start: bool = False,
     generator: torch.Generator | None = None,
     step_loss: StepLoss | None = None,
+    step_rule: StepRule = signed_step_rule,
+    share: torch.Tensor | None = None,
+    max_batch: int | None = None,
 ) -> torch.Tensor:
+    """The one attack loop: per-sample steps, active-set compaction, shared trajectories, projection and clipping.
+
+    At step t the samples with more than t steps are active. Each active sample's gradient comes from one forward +
+    input backward, except that samples sharing a trajectory (same ``share`` id, same image and label, same iterate
+    bit for bit) use their leader's: after every step a follower whose new iterate differs from its leader's — its
+    own ball or the clipping acted where the leader's did not — leaves the group and is attacked on its own. So the
+    result equals attacking every sample alone, while a sweep over epsilons of one image costs one gradient per step
+    until the budgets part.
+
+    Args:
+        step_rule: the candidate before clipping and projection (default the sign step); see
+            :mod:`monai_advseg.attacks.step_rules`.
+        share: ``(B,)`` group ids of samples that may share a trajectory (e.g. the index of the source image in a
+            repeated batch), or None. Only for deterministic, stateless step rules without a random start.
+        max_batch: at most this many samples per forward (None: all active leaders at once).
+        Others as in :func:`iterative_fgsm` / :func:`pgd`.
+    """
     check_attack_inputs(image, label)
     clip = check_clip_range(clip_range)
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
+    if share is not None and random_start:
+        raise ValueError("share: samples with random starts do not share trajectories")
     batch, ndim = image.shape[0], image.ndim
     eps = _per_sample(as_sample_tensor(epsilon, "epsilon", image), batch, ndim)
     step_size = _per_sample(as_sample_tensor(alpha, "alpha", image), batch, ndim)
-    counts = _step_counts(steps, eps, step_size)
+    counts = _step_counts(steps, epsilon, alpha, batch)
     counts[(eps.flatten(1)[:, 0] == 0).cpu()] = 0
     original = plain_copy(image)
     target = plain_copy(label)
@@ -85,29 +152,65 @@ def _iterate(
         start = original + (2 * noise.to(original.device) - 1) * eps
         adversarial = project(start, original, eps, clip, edges=(lower, upper))
         adversarial[counts == 0] = original[counts == 0]
+    leader = _leaders(share, counts, original, target, by_count=step_loss is not None)
     direction = -1.0 if targeted else 1.0
+    memory: dict = {}
     with attack_mode(network) as module:
         for t in range(int(counts.max()) if batch else 0):
             active = torch.nonzero(counts > t).flatten()
             whole = active.numel() == batch
             index = slice(None) if whole else active.to(image.device)
             x_t = adversarial[index]
-            step_fn = loss_fn if step_loss is None else step_loss(t, counts[active].to(image.device))
-            gradient = input_gradient(module, x_t, target[index], step_fn)
-            updated = signed_step(
-                x_t,
-                gradient,
-                direction * step_size[index],
-                original=original[index],
-                epsilon=eps[index],
-                clip_range=clip,
-                edges=(lower[index], upper[index]),
-            )
+            heads = active[leader[active] == active]  # leaders have the most steps: active while any follower is
+            shared = heads.numel() != active.numel()
+            gradient = _leader_gradients(module, adversarial, target, heads, counts, t, loss_fn, step_loss, max_batch)
+            if shared:  # followers take their leader's gradient
+                position = torch.full((batch,), -1, dtype=torch.long)
+                position[heads] = torch.arange(heads.numel())
+                gradient = gradient[position[leader[active]].to(image.device)]
+            context = StepContext(t, active, counts[active], direction * step_size[index], eps[index], memory)
+            candidate = step_rule(x_t, gradient, context)
+            updated = project(candidate, original[index], eps[index], clip, edges=(lower[index], upper[index]))
+            if shared:
+                _split_diverged(leader, active, updated)
             if whole:
                 adversarial = updated
             else:
                 adversarial[index] = updated
     return adversarial
+
+
+def _leader_gradients(
+    module: nn.Module,
+    adversarial: torch.Tensor,
+    target: torch.Tensor,
+    heads: torch.Tensor,
+    counts: torch.Tensor,
+    t: int,
+    loss_fn: LossFn | None,
+    step_loss: StepLoss | None,
+    max_batch: int | None,
+) -> torch.Tensor:
+    """Input gradients at the leaders ``heads`` at step ``t``, in forwards of at most ``max_batch`` samples."""
+    size = heads.numel() if max_batch is None else max_batch
+    parts = []
+    for start in range(0, heads.numel(), size):
+        rows = heads[start : start + size]
+        index = slice(None) if rows.numel() == adversarial.shape[0] else rows.to(adversarial.device)
+        step_fn = loss_fn if step_loss is None else step_loss(t, counts[rows].to(adversarial.device))
+        parts.append(input_gradient(module, adversarial[index], target[index], step_fn))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _split_diverged(leader: torch.Tensor, active: torch.Tensor, updated: torch.Tensor) -> None:
+    """Followers whose new iterate differs from their leader's lead themselves from now on (``leader`` in place)."""
+    local = torch.full((leader.shape[0],), -1, dtype=torch.long)
+    local[active] = torch.arange(active.numel())
+    followers = active[leader[active] != active]
+    mine = local[followers].to(updated.device)
+    theirs = local[leader[followers]].to(updated.device)
+    same = (updated[mine] == updated[theirs]).flatten(1).all(dim=1).cpu()
+    leader[followers[~same]] = followers[~same]
 
 
 def iterative_fgsm(
@@ -197,16 +300,20 @@ def pgd(
     )
 
 
-def segpgd_loss(logits: torch.Tensor, label: torch.Tensor, weight_wrong: torch.Tensor) -> torch.Tensor:
+def segpgd_loss(
+    logits: torch.Tensor, label: torch.Tensor, weight_wrong: torch.Tensor, targeted: bool = False
+) -> torch.Tensor:
     """SegPGD's weighted cross-entropy (Gu et al. 2022), summed over voxels.
 
-    Voxels the network still gets right weigh ``1 - lambda``, voxels it already gets wrong weigh ``lambda``, so early
-    steps push the still-correct voxels and later steps balance both.
+    Voxels the attack has not fooled yet weigh ``1 - lambda``, voxels already fooled weigh ``lambda``, so early steps
+    push the voxels still to be fooled and later steps balance both. Untargeted, a voxel is fooled when the network
+    gets it wrong (``pred != label``); targeted, when it already predicts the target (``pred == label``).
 
     Args:
         logits: ``(B, C, *spatial)`` with C > 1.
-        label: class indices ``(B, 1, *spatial)``.
-        weight_wrong: ``lambda`` per sample, shape ``(B,)``.
+        label: class indices ``(B, 1, *spatial)``: the truth, or the target when ``targeted``.
+        weight_wrong: ``lambda`` per sample, shape ``(B,)``: the weight of the voxels already fooled.
+        targeted: ``label`` is the attack's target.
 
     Returns:
         A scalar.
@@ -215,9 +322,20 @@ def segpgd_loss(logits: torch.Tensor, label: torch.Tensor, weight_wrong: torch.T
         raise ValueError("segpgd_loss needs multi-channel logits (C > 1) and a class-index label (B, 1, *spatial)")
     indices = label[:, 0].long()
     per_voxel = F.cross_entropy(upcast_half(logits), indices, reduction="none")
-    wrong = (logits.argmax(dim=1) != indices).to(per_voxel.dtype)
+    agrees = logits.argmax(dim=1) == indices
+    fooled = (agrees if targeted else ~agrees).to(per_voxel.dtype)
     lam = weight_wrong.to(per_voxel.dtype).reshape(-1, *([1] * (per_voxel.ndim - 1)))
-    return ((1 - lam) * (1 - wrong) * per_voxel + lam * wrong * per_voxel).sum()
+    return ((1 - lam) * (1 - fooled) * per_voxel + lam * fooled * per_voxel).sum()
+
+
+def segpgd_step_loss(targeted: bool = False) -> StepLoss:
+    """SegPGD's per-step loss for the attack loop: :func:`segpgd_loss` with ``lambda_t = t / (2T)`` per sample."""
+
+    def step_loss(t: int, totals: torch.Tensor) -> LossFn:
+        lam = t / (2.0 * totals.clamp_min(1).double())
+        return lambda logits, lbl: segpgd_loss(logits, lbl, lam, targeted=targeted)
+
+    return step_loss
 
 
 def segpgd(
@@ -238,10 +356,6 @@ def segpgd(
     Arguments as in :func:`pgd`; the loss is :func:`segpgd_loss` (class-index labels, multi-channel logits).
     """
 
-    def step_loss(t: int, totals: torch.Tensor) -> LossFn:
-        lam = t / (2.0 * totals.clamp_min(1).double())
-        return lambda logits, lbl: segpgd_loss(logits, lbl, lam)
-
     return _iterate(
         network,
         image,
@@ -254,5 +368,5 @@ def segpgd(
         clip_range=clip_range,
         random_start=random_start,
         generator=generator,
-        step_loss=step_loss,
+        step_loss=segpgd_step_loss(targeted),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["PAPER_EPSILON_LEVELS", "kurakin_steps", "levels_to_epsilon"]
+__all__ = ["PAPER_EPSILON_LEVELS", "kurakin_steps", "kurakin_steps_for", "levels_to_epsilon"]
 
 #: The 18 attack strengths of the NLCE paper's sweep, in 0..255 levels.
 PAPER_EPSILON_LEVELS: tuple[float, ...] = (0.5, 1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32)
@@ -35,6 +35,38 @@ def kurakin_steps(levels: float) -> int:
     if not math.isfinite(levels) or levels < 0:
         raise ValueError(f"kurakin_steps: levels must be a finite number >= 0, got {levels}")
     return int(math.ceil(min(levels + 4.0, 1.25 * levels)))
+
+
+def kurakin_steps_for(epsilon: float, alpha: float = 1.0, *, rtol: float = 1e-9) -> int:
+    """Kurakin iterations for a strength and a step size in the same unit: ``kurakin_steps(epsilon / alpha)``.
+
+    Strengths and steps converted to input units rarely divide exactly: 12 levels in HU over one-level steps is
+    12.000000000000002 in float64 (12.000001 in float32), and ``ceil(1.25 * r)`` would count 16 iterations instead
+    of 15. So ``min(r + 4, 1.25 r)`` is snapped to the nearest whole number when it lies within ``rtol`` of it.
+
+    Args:
+        epsilon: the strength (>= 0).
+        alpha: the step size (> 0 when ``epsilon`` > 0), in the unit of ``epsilon``.
+        rtol: relative tolerance of the snap: the rounding error the two values and their ratio may carry.
+
+    Returns:
+        The number of iterations (0 at strength 0).
+
+    Raises:
+        ValueError: on a negative or non-finite strength, or a step size that is not > 0.
+    """
+    epsilon, alpha = float(epsilon), float(alpha)
+    if not math.isfinite(epsilon) or epsilon < 0:
+        raise ValueError(f"kurakin_steps_for: epsilon must be a finite number >= 0, got {epsilon}")
+    if epsilon == 0:
+        return 0
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"kurakin_steps_for: alpha must be a finite number > 0, got {alpha}")
+    ratio = epsilon / alpha
+    bound = min(ratio + 4.0, 1.25 * ratio)
+    if abs(bound - round(bound)) <= rtol * max(1.0, bound):
+        bound = float(round(bound))
+    return int(math.ceil(bound))
 
 
 def levels_to_epsilon(levels: float | Sequence[float], intensity_range: tuple[float, float]) -> float | list[float]:

@@ -1,8 +1,10 @@
 import pytest
 import torch
 from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
+from torch import nn
 
 from monai_advseg.attacks import (
+    PAPER_EPSILON_LEVELS,
     fgsm,
     inverse_mask,
     iterative_fgsm,
@@ -170,9 +172,9 @@ def test_segpgd_weights_are_t_over_2T_per_sample_at_every_step(monkeypatch):
     calls = []
     real_loss = iterative.segpgd_loss
 
-    def recording_loss(logits, label, weight_wrong):
+    def recording_loss(logits, label, weight_wrong, targeted=False):
         calls.append((label.clone(), weight_wrong.tolist()))
-        return real_loss(logits, label, weight_wrong)
+        return real_loss(logits, label, weight_wrong, targeted=targeted)
 
     monkeypatch.setattr(iterative, "segpgd_loss", recording_loss)
     image, label = disk_batch(4)
@@ -200,3 +202,56 @@ def test_segpgd_weighting_of_still_correct_and_already_wrong_voxels():
     moves = (totals.view(2, 1, 1, 1) - (label == 0).long()) * alpha
     expected = image + torch.where(label == 1, -moves, moves)
     assert torch.allclose(result, expected, atol=1e-6)
+
+
+def test_targeted_segpgd_first_pushes_the_voxels_not_yet_at_the_target():
+    # The same model as above predicts class 1 everywhere. Targeted, voxels whose target is 1 are already fooled
+    # (weight lambda_t: still at the first step) and voxels whose target is 0 are not yet (weight 1 - lambda_t). The
+    # old weighting had the roles swapped, so its first step moved only the voxels already at the target.
+    image = 0.5 + 0.5 * torch.rand(2, 1, 6, 6)
+    target = (torch.rand(2, 1, 6, 6) > 0.5).long()
+    totals = torch.tensor([2, 4])
+    alpha = 0.05
+    result = segpgd(
+        linear_pixel_model(),
+        image,
+        target,
+        1.0,
+        alpha=alpha,
+        steps=totals,
+        random_start=False,
+        clip_range=(0, 2),
+        targeted=True,
+    )
+    moves = (totals.view(2, 1, 1, 1) - (target == 1).long()) * alpha
+    # descending the cross-entropy towards the target: up towards class 1, down towards class 0
+    expected = image + torch.where(target == 1, moves, -moves)
+    assert torch.allclose(result, expected, atol=1e-6)
+
+
+class _CountingModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = linear_pixel_model()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("intensity_range", [(-1024.0, 3071.0), (0.0, 4095.0), (-175.0, 250.0), (0.0, 1.0)])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_derived_step_count_is_kurakin_of_the_levels(intensity_range, as_tensor):
+    # steps=None derives kurakin_steps(epsilon / alpha). In float32 the ratio of 12 levels in HU is 12.000001 and
+    # ceil(1.25 r) counted 16 iterations instead of 15 (12..30 levels in HU, 22 and 28 in (-175, 250)).
+    image = torch.full((1, 1, 2, 2), 0.5 * (intensity_range[0] + intensity_range[1]))
+    label = torch.zeros(1, 1, 2, 2, dtype=torch.long)
+    alpha = levels_to_epsilon(1, intensity_range)
+    for levels in PAPER_EPSILON_LEVELS:
+        epsilon = levels_to_epsilon(levels, intensity_range)
+        if as_tensor:
+            epsilon = torch.tensor([epsilon], dtype=torch.float32)
+        model = _CountingModel()
+        iterative_fgsm(model, image, label, epsilon, alpha=alpha, clip_range=intensity_range)
+        assert model.calls == kurakin_steps(levels), (levels, model.calls)

@@ -1,0 +1,56 @@
+"""Step rules: how the one attack loop turns an input gradient into its next candidate point.
+
+The loop (:func:`monai_advseg.attacks.iterative._iterate`) owns everything else — the active set, the gradient, the
+clipping to the intensity range and the projection onto the epsilon ball — so a new iterative attack (an adaptive
+step size, momentum, another norm's steepest-ascent direction) is a step rule plugged into it, never a second loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["StepContext", "StepRule", "signed_step_rule"]
+
+
+@dataclass
+class StepContext:
+    """What the loop tells a step rule about the active samples at step ``step``.
+
+    Attributes:
+        step: the index ``t`` of the step being taken (0 for the first).
+        samples: ``(n,)`` positions of the active samples in the attacked batch (CPU, long).
+        total_steps: ``(n,)`` each active sample's own number of steps (CPU, long).
+        step_size: ``(n, 1, ..., 1)`` signed step per sample: ``alpha`` when ascending the loss, ``-alpha`` when
+            descending it (targeted attacks).
+        epsilon: ``(n, 1, ..., 1)`` radius of each sample's L-inf ball.
+        memory: a dict the rule may keep state in across steps (one per attack call; the rule indexes it with
+            ``samples``). A rule that keeps state here must not be used with trajectory sharing.
+    """
+
+    step: int
+    samples: torch.Tensor
+    total_steps: torch.Tensor
+    step_size: torch.Tensor
+    epsilon: torch.Tensor
+    memory: dict = field(default_factory=dict)
+
+
+#: ``rule(x_t, gradient, context) -> candidate``: the point before clipping and projection.
+StepRule = Callable[[torch.Tensor, torch.Tensor, StepContext], torch.Tensor]
+
+
+def signed_step_rule(x_t: torch.Tensor, gradient: torch.Tensor, context: StepContext) -> torch.Tensor:
+    """The sign step of FGSM / I-FGSM / PGD: ``x_t + step_size * sign(gradient)``.
+
+    Args:
+        x_t: the current iterates ``(n, C, *spatial)``.
+        gradient: the loss gradient at ``x_t``.
+        context: the active samples' step sizes (signed) and the rest of :class:`StepContext`.
+
+    Returns:
+        The unprojected candidate.
+    """
+    return x_t + context.step_size * gradient.sign()
