@@ -5,13 +5,38 @@ Epsilon and alpha are in the network's input units; :func:`levels_to_epsilon` co
 
 from monai_advseg.attacks.fgsm import fgsm, fgsm_pair, inverse_fgsm
 from monai_advseg.attacks.gradient import attack_mode, input_gradient, project, signed_step
-from monai_advseg.attacks.iterative import iterative_fgsm, pgd, segpgd, segpgd_loss
+from monai_advseg.attacks.iterative import iterative_fgsm, pgd, segpgd, segpgd_loss, segpgd_step_loss
 from monai_advseg.attacks.losses import summed_cross_entropy
-from monai_advseg.attacks.schedule import PAPER_EPSILON_LEVELS, kurakin_steps, levels_to_epsilon
+from monai_advseg.attacks.schedule import PAPER_EPSILON_LEVELS, kurakin_steps, kurakin_steps_for, levels_to_epsilon
+from monai_advseg.attacks.specs import (
+    ATTACK_SPECS,
+    AttackSpec,
+    FGSMSpec,
+    IterativeFGSMSpec,
+    PGDSpec,
+    SegPGDSpec,
+    build_attack_spec,
+)
+from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
+from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
 from monai_advseg.attacks.targets import inverse_mask
 
 __all__ = [
+    "ATTACK_SPECS",
+    "AttackSpec",
+    "FGSMSpec",
+    "IterativeFGSMSpec",
     "PAPER_EPSILON_LEVELS",
+    "PGDSpec",
+    "SegPGDSpec",
+    "StepContext",
+    "StepRule",
+    "build_attack_spec",
+    "fgsm_sweep",
+    "iterative_fgsm_sweep",
+    "kurakin_steps_for",
+    "repeat_for_sweep",
+    "signed_step_rule",
     "attack_mode",
     "fgsm",
     "fgsm_pair",
@@ -25,6 +50,7 @@ __all__ = [
     "project",
     "segpgd",
     "segpgd_loss",
+    "segpgd_step_loss",
     "signed_step",
     "summed_cross_entropy",
 ]

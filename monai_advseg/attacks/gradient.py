@@ -15,17 +15,50 @@ from torch import nn
 
 from monai_advseg.attacks.losses import summed_cross_entropy
 
-__all__ = ["LossFn", "attack_mode", "input_gradient", "network_logits", "plain_copy", "project", "signed_step"]
+__all__ = [
+    "LossFn",
+    "attack_mode",
+    "ball_edges",
+    "eval_modes",
+    "input_gradient",
+    "network_logits",
+    "plain_copy",
+    "project",
+    "signed_step",
+    "unwrap_ddp",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    # DistributedDataParallel's forward prepares a gradient all-reduce that an input-only backward never completes;
-    # the wrapped module computes the same function without that bookkeeping.
+def unwrap_ddp(network: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (the network itself otherwise).
+
+    DDP's forward prepares a gradient all-reduce that an input-only backward never completes; the wrapped module
+    computes the same function without that bookkeeping.
+    """
     if isinstance(network, nn.parallel.DistributedDataParallel):
         return network.module
     return network
+
+
+@contextmanager
+def eval_modes(module: nn.Module) -> Iterator[nn.Module]:
+    """Switch every submodule to eval mode; afterwards restore each submodule's own ``training`` flag.
+
+    Unlike ``module.train()`` afterwards, this keeps deliberately frozen submodules (a BN layer in eval mode inside a
+    training network) as they were.
+
+    Yields:
+        ``module``.
+    """
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for sub, training in modes:
+            sub.training = training
 
 
 @contextmanager
@@ -38,15 +71,8 @@ def attack_mode(network: nn.Module) -> Iterator[nn.Module]:
     Yields:
         The network to call (the inner module of a ``DistributedDataParallel`` wrapper).
     """
-    module = _unwrap(network)
-    modes = [(sub, sub.training) for sub in module.modules()]
-    module.eval()
-    try:
-        with torch.inference_mode(False), torch.enable_grad():
-            yield module
-    finally:
-        for sub, training in modes:
-            sub.training = training
+    with eval_modes(unwrap_ddp(network)) as module, torch.inference_mode(False), torch.enable_grad():
+        yield module
 
 
 def network_logits(output: torch.Tensor | list | tuple | dict) -> torch.Tensor:

@@ -272,7 +272,10 @@ def build_attack_spec(attack: str | AttackSpec, alpha_levels: float = 1.0, steps
         return attack
     from monai.utils import look_up_option  # keeps `import monai_advseg.attacks` torch-only
 
-    spec = look_up_option(attack, ATTACK_SPECS)
+    try:
+        spec = look_up_option(attack, ATTACK_SPECS)
+    except ValueError as error:  # MONAI's message spans lines and suggests the nearest name; keep it, on one line
+        raise ValueError(f"unknown attack {attack!r}: {' '.join(str(error).split())}") from None
     if spec is FGSMSpec:
         if float(alpha_levels) != 1.0:
             raise ValueError(

@@ -13,17 +13,24 @@ from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, 
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
     RobustnessReportWriter,
+    build_robustness_report,
     check_report_dir,
     load_robustness_report,
     plot_robustness,
     require_matplotlib,
     write_robustness_reports,
 )
-from monai_advseg.handlers.safe_load import WeightsOnlyCheckpointLoader, load_weights_only, pickled_checkpoint_error
+from monai_advseg.handlers.safe_load import (
+    WeightsOnlyCheckpointLoader,
+    load_network_weights,
+    load_weights_only,
+    pickled_checkpoint_error,
+)
 
 __all__ = [
     "REPORT_FILES",
     "RobustnessReportWriter",
+    "build_robustness_report",
     "check_report_dir",
     "load_robustness_report",
     "plot_robustness",
@@ -31,6 +38,7 @@ __all__ = [
     "write_robustness_reports",
     "AtomicCheckpointSaver",
     "WeightsOnlyCheckpointLoader",
+    "load_network_weights",
     "load_weights_only",
     "pickled_checkpoint_error",
     "AtomicDiskSaver",

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import platform
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # ignite pulls in torch; the report command line only needs m
 
 __all__ = [
     "REPORT_FILES",
+    "build_robustness_report",
     "RobustnessReportWriter",
     "check_report_dir",
     "load_robustness_report",
@@ -42,9 +44,133 @@ SUMMARY_COLUMNS = (
     "mean_jaccard",
     "std_jaccard",
     "n_cases",
+    "n_empty_cases",
+    "empty_case_foreground_fraction",
     "seconds",
 )
-CASE_COLUMNS = ("case", "setting", "eps_levels", "eps", "dice", "jaccard")
+CASE_COLUMNS = ("case", "setting", "eps_levels", "eps", "dice", "jaccard", "foreground_fraction")
+
+REPORT_FORMAT = "monai_advseg.robustness/1"
+
+
+def _summary(values: Any) -> tuple[float, float, int]:
+    import numpy as np
+
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return float("nan"), float("nan"), 0
+    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), std, int(finite.size)
+
+
+def build_robustness_report(
+    cases: Sequence[str],
+    dice: Any,
+    jaccard: Any,
+    foreground: Any,
+    empty: Any,
+    *,
+    epsilon_levels: Sequence[float],
+    epsilons: Sequence[float],
+    steps: Sequence[int],
+    seconds: Sequence[float],
+    attack: dict[str, Any],
+    config: dict[str, Any],
+    total_seconds: float,
+) -> dict[str, Any]:
+    """The sweep's report (``robustness.json``'s content) from its per-case arrays; a pure function.
+
+    Column 0 of every array is the clean evaluation, column ``1 + e`` the attack at ``epsilon_levels[e]``.
+
+    Args:
+        cases: one id per case (row).
+        dice, jaccard: ``(N, 1 + E)`` per-case scores, NaN for a case without a scored class.
+        foreground: ``(N, 1 + E)`` share of each case's voxels predicted as foreground (any class but 0).
+        empty: ``(N,)`` booleans: the case's ground truth has no foreground.
+        epsilon_levels: the strengths in levels (E).
+        epsilons: the same in input units.
+        steps: gradient steps per strength.
+        seconds: ``1 + E`` seconds (clean, then per strength).
+        attack: the attack block (the attack component's ``describe()``).
+        config: the run's configuration (network, inferer, ranges, bundle information ...).
+        total_seconds: wall time of the whole evaluation.
+
+    Returns:
+        ``{"format", "config", "attack", "epsilons", "metrics", "cases", "n_cases", "timings", "versions"}``.
+    """
+    import monai
+    import numpy as np
+    import torch
+
+    import monai_advseg
+
+    dice, jaccard, foreground = (np.asarray(a, dtype=np.float64) for a in (dice, jaccard, foreground))
+    empty = np.asarray(empty, dtype=bool)
+    levels = [0.0, *epsilon_levels]
+    units = [0.0, *epsilons]
+    step_list = [0, *steps]
+    rows = []
+    for column, (level, unit, step) in enumerate(zip(levels, units, step_list, strict=True)):
+        mean_dice, std_dice, n_cases = _summary(dice[:, column])
+        mean_jaccard, std_jaccard, _ = _summary(jaccard[:, column])
+        n_empty = int(empty.sum())
+        rows.append(
+            {
+                "setting": "clean" if column == 0 else "attack",
+                "eps_levels": level,
+                "eps": unit,
+                "steps": step,
+                "mean_dice": mean_dice,
+                "std_dice": std_dice,
+                "mean_jaccard": mean_jaccard,
+                "std_jaccard": std_jaccard,
+                "n_cases": n_cases,
+                "n_empty_cases": n_empty,
+                # Dice skips cases without foreground; this keeps what the attack did to them visible.
+                "empty_case_foreground_fraction": float(foreground[empty, column].mean()) if n_empty else None,
+                "seconds": seconds[column],
+            }
+        )
+    per_case = [
+        {
+            "case": case,
+            "setting": "clean" if column == 0 else "attack",
+            "eps_levels": levels[column],
+            "eps": units[column],
+            "dice": float(dice[i, column]),
+            "jaccard": float(jaccard[i, column]),
+            "foreground_fraction": float(foreground[i, column]),
+        }
+        for column in range(len(levels))
+        for i, case in enumerate(cases)
+    ]
+    return {
+        "format": REPORT_FORMAT,
+        "config": {
+            **config,
+            "empty_cases": "cases with no scored class are NaN (null in JSON) and excluded from the means; "
+            "n_empty_cases / empty_case_foreground_fraction: the cases without foreground in the ground truth "
+            "and the mean share of their voxels predicted as foreground",
+            "std": "sample standard deviation over the scored cases (0 for a single case)",
+        },
+        "attack": attack,
+        "epsilons": {"levels": list(epsilon_levels), "input_units": list(epsilons)},
+        "metrics": rows,
+        "cases": per_case,
+        "n_cases": len(cases),
+        "timings": {
+            "total_seconds": total_seconds,
+            "clean_seconds": seconds[0],
+            "attack_seconds": float(sum(seconds[1:])),
+            "per_eps_seconds": "attack time shared by gradient steps, plus the adversarial forward per sample",
+        },
+        "versions": {
+            "monai_advseg": getattr(monai_advseg, "__version__", "unknown"),
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+            "python": platform.python_version(),
+        },
+    }
 
 
 def require_matplotlib() -> Any:
@@ -163,6 +289,18 @@ def _curve(report: dict[str, Any], metric: str) -> tuple[float | None, list[floa
     return clean, levels, values
 
 
+def _empty_case_curve(report: dict[str, Any]) -> tuple[int, list[float], list[float]] | None:
+    """``(n_empty_cases, levels, mean predicted-foreground share)`` of the attack rows; None without empty cases."""
+    rows = [r for r in report["metrics"] if r["setting"] != "clean" and r.get("n_empty_cases")]
+    if not rows or any(r.get("empty_case_foreground_fraction") is None for r in rows):
+        return None
+    return (
+        int(rows[0]["n_empty_cases"]),
+        [float(r["eps_levels"]) for r in rows],
+        [float(r["empty_case_foreground_fraction"]) for r in rows],
+    )
+
+
 def plot_robustness(
     reports: Sequence[dict[str, Any]],
     path: str | Path,
@@ -202,6 +340,18 @@ def plot_robustness(
             axis.plot(levels, values, marker="o", markersize=3, color=colour, label=label)
             if clean is not None and math.isfinite(clean):
                 axis.axhline(clean, color=colour, linestyle="--", linewidth=1, label=f"{label} clean")
+        empty = _empty_case_curve(report)
+        if empty is not None:  # Dice cannot see these cases; show what the attack predicted on them
+            count, levels, shares = empty
+            axes[0].plot(
+                levels,
+                shares,
+                linestyle=":",
+                marker="x",
+                markersize=3,
+                color=colour,
+                label=f"{label}: predicted foreground share, {count} empty case(s)",
+            )
     for axis, name in zip(axes, ("Dice", "Jaccard"), strict=True):
         axis.set_xlabel("epsilon (0..255 levels)")
         axis.set_ylabel(name)

@@ -144,6 +144,84 @@ def test_empty_ground_truth_is_nan_and_excluded(trained):
     assert scored.results["metrics"][0]["n_cases"] == 3
 
 
+def test_empty_cases_are_counted_and_their_predicted_foreground_reported(trained):
+    # A targeted attack paints an empty case foreground; Dice skips the case, these fields must not.
+    images, labels = disk_batch(3, seed=16)
+    labels[1] = 0
+    evaluator = RobustnessEvaluator("cpu", _loader(images, labels, 3), trained, epsilons=[2, 32], progress=False)
+    evaluator.run()
+    with torch.no_grad():
+        clean_share = float((trained(images[1:2]).argmax(1) > 0).float().mean())
+    rows = evaluator.results["metrics"]
+    assert [r["n_empty_cases"] for r in rows] == [1, 1, 1]
+    assert rows[0]["empty_case_foreground_fraction"] == pytest.approx(clean_share, abs=1e-6)
+    target = inverse_mask(labels[1:2], 2)  # all foreground for the empty case
+    adversarial = iterative_fgsm(
+        trained, images[1:2], target, 32 / 255, alpha=1 / 255, steps=36, targeted=True, clip_range=(0, 1)
+    )
+    with torch.no_grad():
+        attacked_share = float((trained(adversarial).argmax(1) > 0).float().mean())
+    assert rows[2]["empty_case_foreground_fraction"] == pytest.approx(attacked_share, abs=1e-6)
+    assert attacked_share > clean_share
+    cases = [c for c in evaluator.results["cases"] if c["eps_levels"] == 32]
+    assert cases[1]["foreground_fraction"] == pytest.approx(attacked_share, abs=1e-6)
+    none_empty = RobustnessEvaluator("cpu", _loader(images[:1], labels[:1], 1), trained, epsilons=[2], progress=False)
+    none_empty.run()
+    assert none_empty.results["metrics"][0]["n_empty_cases"] == 0
+    assert none_empty.results["metrics"][0]["empty_case_foreground_fraction"] is None
+
+
+def test_step_counts_follow_alpha_levels():
+    # alpha_levels 0.5 halves the step: kurakin_steps(eps / alpha), so the attack can reach the ball's edge (the
+    # schedule used to ignore alpha and took kurakin_steps(eps) half steps: 5 at 1 level, at most half way there).
+    evaluator = RobustnessEvaluator("cpu", [], small_unet(), epsilons=[1, 4, 32], alpha_levels=0.5)
+    assert evaluator.step_counts() == [kurakin_steps(2), kurakin_steps(8), kurakin_steps(64)]
+    assert evaluator.results is None
+    fixed = RobustnessEvaluator("cpu", [], small_unet(), epsilons=[1, 4], alpha_levels=0.5, steps=3)
+    assert fixed.step_counts() == [3, 3]
+
+
+@pytest.mark.parametrize("kwargs", [{"alpha_levels": 0.5}, {"steps": 3}])
+def test_fgsm_refuses_a_step_schedule(kwargs):
+    with pytest.raises(ValueError, match="fgsm"):
+        RobustnessEvaluator("cpu", [], small_unet(), attack="fgsm", **kwargs)
+
+
+def test_a_user_attack_component_from_a_bundle_config(trained, tmp_path):
+    from monai.bundle import ConfigParser
+
+    images, labels = disk_batch(2, seed=40)
+    parser = ConfigParser(
+        {
+            "attack": {"_target_": "attack_components.RandomSignAttack"},
+            "evaluator": {
+                "_target_": "monai_advseg.engines.RobustnessEvaluator",
+                "device": "cpu",
+                "val_data_loader": "$@data",
+                "network": "$@net",
+                "epsilons": [4, 16],
+                "attack": "@attack",
+                "seed": 5,
+                "progress": False,
+                "output_dir": str(tmp_path / "report"),
+            },
+        }
+    )
+    parser["data"] = _loader(images, labels, 2)
+    parser["net"] = trained
+    evaluator = parser.get_parsed_content("evaluator")
+    evaluator.run()
+    assert evaluator.results["attack"] == {"name": "random_sign", "targeted": False, "seed": 5}
+    assert [r["steps"] for r in evaluator.results["metrics"]] == [0, 0, 0]
+    swept = evaluator.attack_sweep(images, labels, 2, torch.Generator().manual_seed(5))
+    bound = torch.tensor(16 / 255, dtype=images.dtype)
+    assert bool(((swept[1] - images).abs() <= bound).all()) and not torch.equal(swept[1], images)
+    report = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    assert report["attack"]["name"] == "random_sign"
+    with pytest.raises(ValueError, match="neither a name"):
+        RobustnessEvaluator("cpu", [], trained, attack=object())
+
+
 def test_sigmoid_single_channel_network():
     torch.manual_seed(1)
     network = UNet(2, 1, 1, channels=(4, 8), strides=(2,), num_res_units=0).eval()

@@ -135,3 +135,22 @@ def test_compare_cli_overlays_models(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
     bad = _compare(str(tmp_path / "bad.json"), "-o", str(tmp_path / "y.png"))
     assert bad.returncode == 2 and "not a monai_advseg robustness report" in bad.stderr
+
+
+def test_empty_cases_appear_in_the_figure_only_when_there_are_some(tmp_path):
+    with_empty = _results("UNet", 0.1)
+    for i, row in enumerate(with_empty["metrics"]):
+        row["n_empty_cases"], row["empty_case_foreground_fraction"] = 1, 0.1 * i
+    without = _results("UNet", 0.1)
+    for row in without["metrics"]:
+        row["n_empty_cases"], row["empty_case_foreground_fraction"] = 0, None
+    plain = _results("UNet", 0.1)  # an older report without the fields
+    figures = {}
+    for name, report in (("with", with_empty), ("without", without), ("plain", plain)):
+        figures[name] = write_robustness_reports(report, tmp_path / name)["robustness.png"].read_bytes()
+    assert figures["without"] == figures["plain"]
+    assert figures["with"] != figures["without"]
+    with open(tmp_path / "with" / "robustness.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["n_empty_cases"] for r in rows] == ["1"] * 4
+    assert [float(r["empty_case_foreground_fraction"]) for r in rows] == pytest.approx([0, 0.1, 0.2, 0.3])
