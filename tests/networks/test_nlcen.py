@@ -155,3 +155,36 @@ def test_default_shortcut_follows_monai_per_model():
     assert all(isinstance(s, torch.nn.Sequential) for s in _downsamples(NLCEN(backbone="resnet50")))
     with pytest.raises(ValueError, match="shortcut_type must be 'A', 'B' or None.*'C'"):
         NLCEN(shortcut_type="C")
+
+
+@pytest.fixture(scope="module")
+def cxr_images(shared_dataset):
+    """Eight real chest X-rays (Montgomery / Shenzhen), intensities / 255, resized to 96 x 96 as the CXR bundle does."""
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Resize, ScaleIntensityRange
+
+    folder = shared_dataset("cxr_lung_montgomery_shenzhen") / "images"
+    load = Compose(
+        [LoadImage(image_only=True), EnsureChannelFirst(), ScaleIntensityRange(0, 255, 0, 1), Resize((96, 96))]
+    )
+    paths = sorted(folder.glob("*.png"))
+    return torch.stack([load(str(path)).as_tensor() for path in paths[:4] + paths[-4:]])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fresh_nlcen_gates_start_near_one_half(cxr_images, seed):
+    """What ContextEncoding's docstring states: with W_gamma at 1/K of nn.Linear's default, a fresh NLCEN's gates on
+    real chest X-rays are near 1/2 at every level, almost none saturated (with the default init, a quarter to a third
+    of the E2 gates were below 0.05 and as many above 0.95)."""
+    torch.manual_seed(seed)
+    net = NLCEN(spatial_dims=2).train()
+    gates = []
+    for nlce in net.nlce:
+        nlce.encoding.register_forward_hook(lambda module, args, output: gates.append(output.detach()))
+    with torch.no_grad():
+        net(cxr_images)
+    assert len(gates) == 4
+    for level, gate in enumerate(gates, start=2):
+        saturated = ((gate < 0.05) | (gate > 0.95)).float().mean()
+        assert saturated <= 0.002, f"E{level}: {saturated:.4f} of the gates outside (0.05, 0.95)"
+        assert (gate * (1 - gate)).mean() > 0.235, f"E{level}"  # sigmoid' near its maximum 1/4
+        assert (gate - 0.5).abs().mean() < 0.08, f"E{level}"
