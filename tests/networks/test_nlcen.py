@@ -119,6 +119,12 @@ def test_type_b_shortcut_is_a_strided_projection_with_batch_norm(backbone, chann
     assert [o.shape for o in outs] == [(2, 2, 64, 64)] * 5
 
 
+def test_type_b_shortcut_in_3d():
+    net = NLCEN(spatial_dims=3, shortcut_type="B")
+    assert all(isinstance(s[0], torch.nn.Conv3d) and isinstance(s[1], torch.nn.BatchNorm3d) for s in _downsamples(net))
+    assert [o.shape for o in net(torch.randn(2, 1, 32, 32, 32))] == [(2, 2, 32, 32, 32)] * 5
+
+
 def test_type_b_shortcut_state_dict_matches_monai_resnet():
     from monai.networks.nets import ResNet
     from monai.networks.nets.resnet import get_inplanes
