@@ -137,8 +137,8 @@ class NLCEN(nn.Module):
 
         MONAI builds type A as a ``functools.partial`` (not a module), type B as ``Sequential(conv, norm)``. Type A
         becomes :class:`_ZeroPadShortcut`; a new type-B projection gets the initialisation of MONAI's ResNet (Kaiming
-        normal, fan-out, for the convolution; unit weight and zero bias for the norm) and ``bias`` as MONAI's table
-        gives it for the model.
+        normal, fan-out, for the convolution weight, PyTorch's default for its bias; unit weight and zero bias for the
+        norm) and a convolution bias when MONAI's table gives one for the model.
         """
         conv_type = Conv[Conv.CONV, self.spatial_dims]
         for layer in (self.backbone.layer1, self.backbone.layer2, self.backbone.layer3, self.backbone.layer4):
@@ -154,8 +154,6 @@ class NLCEN(nn.Module):
                 elif is_partial:
                     conv = conv_type(block.conv1.in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
                     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-                    if bias:
-                        nn.init.zeros_(conv.bias)
                     norm = get_norm_layer(name="batch", spatial_dims=self.spatial_dims, channels=out_channels)
                     block.downsample = nn.Sequential(conv, norm)
 
