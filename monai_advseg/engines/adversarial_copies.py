@@ -49,8 +49,9 @@ class AdversarialCopyGenerator:
     (-175, 250)), which would change the source far beyond epsilon. So voxels outside the window are written
     unchanged (the attack's step there is dropped), and voxels inside it get ``x + delta`` kept inside the window
     (as the attack keeps its input in ``input_range``). Every copy therefore lies within ``x +- epsilon`` of the
-    source in source units (epsilon divided by the window's scale), and when ``preparation`` does not resample, each
-    in-window voxel is exactly the network-space copy, ``clip(x +- epsilon * sign(grad))``, in source units.
+    source in source units (epsilon divided by the window's scale; up to float32 rounding), and when ``preparation``
+    does not resample, each in-window voxel is the network-space copy, ``clip(x +- epsilon * sign(grad))``, in
+    source units.
 
     Output layout (written to a temporary folder and renamed into place, so a failure leaves nothing behind)::
 
