@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
@@ -66,7 +67,12 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     set once every pass's loss is known. Events: FORWARD_COMPLETED after the clean forward pass; LOSS_COMPLETED once
     all the loss terms above are computed (unlike :class:`~monai.engines.SupervisedTrainer`, the passes' ``backward``
     calls have already run then, since the reused-gradient copies need the clean backward); BACKWARD_COMPLETED right
-    after it; MODEL_COMPLETED after the optimizer step.
+    after it; MODEL_COMPLETED at the end (after the optimizer step, on iterations that step).
+
+    ``accumulation_steps`` and ``compile`` work as in :class:`~monai.engines.SupervisedTrainer`: the gradients of
+    ``accumulation_steps`` iterations are summed, each scaled by ``1 / accumulation_steps``, before one optimizer step
+    (and a last step at the end of an epoch whose length is not a multiple); with ``compile=True`` the compiled network
+    sees plain tensors, and ``image``, ``label`` and ``pred`` get the batch's MetaTensor information back.
 
     Args:
         augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"both"``, ``"none"`` or a list of names.
@@ -139,20 +145,55 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         )
         return {name: {"fgsm": adversarial, "inverse_fgsm": inverse}[name] for name in self.augmentations}
 
+    def _accumulation(self) -> tuple[bool, bool]:
+        """Whether this iteration zeroes the gradients first and steps the optimizer last.
+
+        The rule of MONAI's :class:`~monai.engines.SupervisedTrainer`: one step per ``accumulation_steps`` iterations,
+        counted within the epoch when its length is known, with a last step at the end of an epoch whose length is
+        not a multiple (no gradient is silently dropped).
+
+        Returns:
+            ``(zero_grad, step)``.
+        """
+        steps = self.accumulation_steps
+        if steps == 1:
+            return True, True
+        epoch_length = self.state.epoch_length
+        if epoch_length is not None:
+            local = (self.state.iteration - 1) % epoch_length
+            return local % steps == 0, (local + 1) % steps == 0 or local + 1 == epoch_length
+        local = self.state.iteration - 1
+        return local % steps == 0, (local + 1) % steps == 0
+
     def _iteration(self, engine: AdversarialAugmentationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[:2]
         args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        image_meta = label_meta = None
+        if engine.compile:
+            # MONAI's workaround for https://github.com/pytorch/pytorch/issues/117026: a compiled network must see
+            # plain tensors; the outputs get the MetaTensor information back at the end of the iteration.
+            if isinstance(inputs, MetaTensor):
+                image_meta = (inputs.meta, inputs.applied_operations)
+                inputs = inputs.as_tensor()
+            if isinstance(targets, MetaTensor):
+                label_meta = (targets.meta, targets.applied_operations)
+                targets = targets.as_tensor()
         plain_inputs = inputs.as_subclass(torch.Tensor).detach()
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         weight_total = 1.0 + sum(engine.loss_weights.values())
+        # Gradient accumulation scales every backward by 1 / accumulation_steps, as SupervisedTrainer does; the losses
+        # in engine.state.output stay unscaled.
+        backward_scale = weight_total * engine.accumulation_steps
+        zero_grad, step = engine._accumulation()
         reuse = engine.reuse_gradient and bool(engine.augmentations)
 
         copies = None if reuse or not engine.augmentations else engine._copies(plain_inputs, targets, None)
         engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
 
         clean_inputs = plain_inputs.clone().requires_grad_(True) if reuse else inputs
         with engine._autocast():
@@ -161,7 +202,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             clean_loss = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
         engine.state.output["loss_clean"] = clean_loss.detach()
         objective = clean_loss.detach() / weight_total
-        engine._backward(clean_loss / weight_total)
+        engine._backward(clean_loss / backward_scale)
         if reuse:
             copies = engine._copies(plain_inputs, targets, clean_inputs.grad)
 
@@ -170,16 +211,24 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
                 copy_loss = engine.loss_function(engine.inferer(image, engine.network, *args, **kwargs), targets).mean()
             engine.state.output[f"loss_{name}"] = copy_loss.detach()
             objective = objective + engine.loss_weights[name] * copy_loss.detach() / weight_total
-            engine._backward(engine.loss_weights[name] * copy_loss / weight_total)
+            engine._backward(engine.loss_weights[name] * copy_loss / backward_scale)
         # LOSS_COMPLETED once every term is known, so that handlers never see a partial sum under "loss"
         engine.state.output[Keys.LOSS] = objective
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
-        if engine.scaler is not None:
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            engine.optimizer.step()
+        if step:
+            if engine.scaler is not None:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+            else:
+                engine.optimizer.step()
+        if image_meta is not None:
+            engine.state.output[Keys.IMAGE] = MetaTensor(inputs, meta=image_meta[0], applied_operations=image_meta[1])
+            engine.state.output[Keys.PRED] = MetaTensor(
+                engine.state.output[Keys.PRED], meta=image_meta[0], applied_operations=image_meta[1]
+            )
+        if label_meta is not None:
+            engine.state.output[Keys.LABEL] = MetaTensor(targets, meta=label_meta[0], applied_operations=label_meta[1])
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -41,8 +41,17 @@ class AdversarialCopyGenerator:
     input. The FGSM / inverse-FGSM perturbation is computed there from one gradient
     (:func:`~monai_advseg.attacks.fgsm_pair`), mapped back to the source grid with the inverse of ``preparation``'s
     invertible (spatial) transforms and to source intensities through the window, bounded by epsilon again, and
-    added to the source image. When ``preparation`` does not resample, each copy is exactly
-    ``x +- epsilon * sign(grad)`` in source units.
+    added to the source image.
+
+    Only what the network sees is perturbed. ``preparation`` clips the source to ``intensity_window``, so the network
+    sees a voxel outside the window as the window's edge, and no change within the epsilon ball of such a voxel can
+    reach the network unless the voxel is moved to the edge first (a -1024 HU voxel rewritten to -175 HU with window
+    (-175, 250)), which would change the source far beyond epsilon. So voxels outside the window are written
+    unchanged (the attack's step there is dropped), and voxels inside it get ``x + delta`` kept inside the window
+    (as the attack keeps its input in ``input_range``). Every copy therefore lies within ``x +- epsilon`` of the
+    source in source units (epsilon divided by the window's scale; up to float32 rounding), and when ``preparation``
+    does not resample, each in-window voxel is the network-space copy, ``clip(x +- epsilon * sign(grad))``, in
+    source units.
 
     Output layout (written to a temporary folder and renamed into place, so a failure leaves nothing behind)::
 
@@ -59,7 +68,8 @@ class AdversarialCopyGenerator:
         output_dir: folder to create.
         augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"both"`` or a list.
         epsilon: strength in network input units.
-        intensity_window: source intensities ``(lo, hi)`` that ``preparation`` maps linearly onto ``input_range``.
+        intensity_window: source intensities ``(lo, hi)`` that ``preparation`` maps linearly onto ``input_range``
+            (clipping outside it); source voxels outside it are copied unchanged.
         input_range: the network input range, also the clip range of the attack.
         device: where the network runs.
         overwrite: replace an existing ``output_dir``; otherwise an existing one is an error.
@@ -155,9 +165,13 @@ class AdversarialCopyGenerator:
         name = strip_suffix(image_path.name, (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")) or image_path.stem
         label_copy = staging / "labels" / label_path.name
         shutil.copy2(label_path, label_copy)
+        values = source.as_tensor().float()
+        # the voxels the network sees unclipped (see the class docstring for why the others are left as they are)
+        visible = (values >= self.window[0]) & (values <= self.window[1])
         entries = []
         for kind in self.augmentations:
-            written = (source.as_tensor().float() + perturbations[kind]).clamp(self.window[0], self.window[1])
+            perturbed = (values + perturbations[kind]).clamp(self.window[0], self.window[1])
+            written = torch.where(visible, perturbed, values)
             path = staging / kind / f"{name}.nii.gz"
             array = written[0].numpy().astype(np.float32)
             if header is not None and array.shape != header.get_data_shape():

@@ -17,12 +17,12 @@ def _loader(batch: int = 4) -> DataLoader:
     return DataLoader(Dataset(data), batch_size=batch, shuffle=False)
 
 
-def _trainer(network, **kwargs) -> AdversarialAugmentationTrainer:
+def _trainer(network, loader=None, **kwargs) -> AdversarialAugmentationTrainer:
     loss = torch.nn.CrossEntropyLoss()
     return AdversarialAugmentationTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
-        train_data_loader=_loader(),
+        train_data_loader=_loader() if loader is None else loader,
         network=network,
         optimizer=torch.optim.SGD(network.parameters(), lr=0.01),
         loss_function=lambda pred, label: loss(pred, label[:, 0].long()),
@@ -161,3 +161,91 @@ def test_handlers_see_the_whole_objective_as_loss_from_loss_completed_on(augment
 def test_bad_configuration_fails_before_training(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _trainer(small_unet(), **kwargs)
+
+
+def _batches_loader(batches: int, batch: int = 2) -> DataLoader:
+    images, labels = disk_batch(batches * batch, seed=3)
+    data = [{"image": image, "label": label} for image, label in zip(images, labels, strict=True)]
+    return DataLoader(Dataset(data), batch_size=batch, shuffle=False)
+
+
+def _parameters(network) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in network.named_parameters()}
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_accumulation_steps_step_once_per_group_with_the_mean_gradient(reuse):
+    """accumulation_steps=2 over 3 batches: steps after iterations 2 and 3 (the end-of-epoch flush), as
+    SupervisedTrainer does, and the first step is the mean of the two batches' objective gradients: with plain SGD,
+    the mean of the parameters that one step on each batch alone gives. (Instance norm: with batch norm, the separate
+    eval-mode attack of batch 2 would see running statistics that batch 1 has already updated.)"""
+    torch.manual_seed(0)
+    start = small_unet(norm="instance")
+    settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse)
+    network = copy.deepcopy(start)
+    trainer = _trainer(network, _batches_loader(3), accumulation_steps=2, **settings)
+    snapshots = [_parameters(network)]
+    trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: snapshots.append(_parameters(network)))
+    trainer.run()
+    changed = [any(not torch.equal(a[k], b[k]) for k in a) for a, b in zip(snapshots, snapshots[1:], strict=False)]
+    assert changed == [False, True, True]
+
+    single = []
+    for index in range(2):
+        alone = copy.deepcopy(start)
+        batch = next(item for i, item in enumerate(_batches_loader(3)) if i == index)
+        _trainer(alone, [batch], **settings).run()
+        single.append(_parameters(alone))
+    for name, value in snapshots[2].items():
+        torch.testing.assert_close(value, (single[0][name] + single[1][name]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_without_augmentation_matches_supervised_trainer():
+    from monai.engines import SupervisedTrainer
+
+    torch.manual_seed(0)
+    ours = small_unet()
+    theirs = copy.deepcopy(ours)
+    _trainer(ours, _batches_loader(3), augmentations="none", accumulation_steps=2).run()
+    loss = torch.nn.CrossEntropyLoss()
+    SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=_batches_loader(3),
+        network=theirs,
+        optimizer=torch.optim.SGD(theirs.parameters(), lr=0.01),
+        loss_function=lambda pred, label: loss(pred, label[:, 0].long()),
+        accumulation_steps=2,
+    ).run()
+    for key, value in ours.state_dict().items():
+        assert torch.allclose(value.float(), theirs.state_dict()[key].float(), atol=1e-6), key
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
+    """compile=True as in SupervisedTrainer: the compiled network never gets a MetaTensor (pytorch issue 117026),
+    and image, label and pred carry the batch's meta again; training is the same as without compile."""
+    from monai.data import MetaTensor
+
+    images, labels = disk_batch(4, seed=2)
+    data = [
+        {"image": MetaTensor(image, meta={"tag": "img"}), "label": MetaTensor(label, meta={"tag": "lab"})}
+        for image, label in zip(images, labels, strict=True)
+    ]
+    settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse, decollate=False)
+    torch.manual_seed(0)
+    network = small_unet()
+    plain = copy.deepcopy(network)
+    seen = []
+    network.register_forward_pre_hook(lambda module, args: seen.append(type(args[0])))
+    # the eager backend runs Dynamo's tracing without needing a C compiler for Inductor
+    loader = DataLoader(Dataset(data), batch_size=4)
+    trainer = _trainer(network, loader, compile=True, compile_kwargs={"backend": "eager"}, **settings)
+    trainer.run()
+    assert seen and all(kind is torch.Tensor for kind in seen)
+    output = trainer.state.output
+    for key, tag in (("image", "img"), ("label", "lab"), ("pred", "img")):
+        assert isinstance(output[key], MetaTensor) and output[key].meta["tag"][0] == tag, key
+    _trainer(plain, loader, **settings).run()
+    for name, value in _parameters(plain).items():
+        torch.testing.assert_close(_parameters(network)[name], value, rtol=1e-5, atol=1e-6)

@@ -113,3 +113,69 @@ def test_a_loading_pipeline_that_moves_the_voxels_is_refused(nifti_slice, tmp_pa
     with pytest.raises(ValueError, match=r"image\.nii\.gz: the loaded image's affine .* differs from the file's"):
         _generator(nifti_slice, output, reorientation).run()
     assert not output.exists() and list(tmp_path.glob(".adversarial.*")) == []
+
+
+@pytest.fixture
+def hu_slice(shared_dataset, tmp_path):
+    """A real abdominal CT slice in Hounsfield units (air about -1000 HU, some voxels exactly -1024) and a mask."""
+    source = shared_dataset("ct_totalseg_example") / "nifti"
+    ct = nib.load(source / "example_ct_sm.nii.gz")
+    z = 15
+    image = np.asarray(ct.dataobj)[1:121, :100, z]  # 120 x 100: the small U-Net halves each axis twice
+    mask = (np.asarray(nib.load(source / "example_seg.nii.gz").dataobj)[1:121, :100, z] > 0).astype(np.uint8)
+    affine = ct.affine.copy()
+    affine[:3, 3] = (ct.affine @ np.array([1.0, 0.0, z, 1.0]))[:3]
+    paths = {}
+    for key, array in (("image", image), ("label", mask)):
+        paths[key] = tmp_path / f"{key}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), paths[key])
+    return {key: str(path) for key, path in paths.items()}
+
+
+WINDOW = (-175.0, 250.0)
+
+
+def _hu_generator(hu_slice, output_dir, *resize) -> AdversarialCopyGenerator:
+    return AdversarialCopyGenerator(
+        network=small_unet(),
+        datalist=[hu_slice],
+        loading=Compose([LoadImaged(KEYS, image_only=True), EnsureChannelFirstd(KEYS)]),
+        preparation=[
+            ScaleIntensityRanged("image", a_min=WINDOW[0], a_max=WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+            AsDiscreted("label", threshold=0.5),
+            *resize,
+            EnsureTyped(KEYS),
+        ],
+        output_dir=output_dir,
+        augmentations="both",
+        epsilon=0.1,
+        intensity_window=WINDOW,
+    )
+
+
+@pytest.mark.parametrize("resample", [False, True], ids=["source_grid", "resized"])
+def test_copies_leave_voxels_outside_the_window_as_they_were(hu_slice, tmp_path, resample):
+    """The network sees a -1024 HU voxel as the window's edge (-175 HU): the copy keeps it at -1024 (the old code
+    wrote -175), and perturbs only the voxels inside the window, each by at most epsilon in HU (0.1 * 425 HU)."""
+    resize = [Resized(KEYS, spatial_size=(64, 48), mode=["bilinear", "nearest"])] if resample else []
+    datalist = json.loads(_hu_generator(hu_slice, tmp_path / "adversarial", *resize).run().read_text())["training"]
+    source = np.asarray(nib.load(hu_slice["image"]).dataobj).astype(np.float64)
+    outside = (source < WINDOW[0]) | (source > WINDOW[1])
+    assert (source == -1024).sum() >= 5 and outside.mean() > 0.3  # real air around the body
+    epsilon_hu = 0.1 * (WINDOW[1] - WINDOW[0])
+    steps = {}
+    for entry in datalist:
+        copy = nib.load(entry["image"]).get_fdata()
+        np.testing.assert_array_equal(copy[outside], source[outside])
+        inside = copy[~outside]
+        assert inside.min() >= WINDOW[0] and inside.max() <= WINDOW[1]
+        step = copy - source
+        assert np.abs(step).max() <= epsilon_hu * (1 + 1e-5)
+        steps[entry["augmentation"]] = step[~outside]
+    if not resample:
+        # on the source grid each in-window voxel moves by the full +-epsilon unless the window edge stops it,
+        # in opposite directions for the two kinds
+        full = np.isclose(np.abs(steps["fgsm"]), epsilon_hu, rtol=1e-4)
+        assert full.mean() > 0.9
+        both = full & np.isclose(np.abs(steps["inverse_fgsm"]), epsilon_hu, rtol=1e-4)
+        np.testing.assert_allclose(steps["fgsm"][both], -steps["inverse_fgsm"][both], rtol=1e-4)

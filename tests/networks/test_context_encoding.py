@@ -58,3 +58,15 @@ def test_batch_one_training_mode_3d():
 def test_rejects_single_encoding_channel():
     with pytest.raises(ValueError):
         ContextEncoding(2, 4, encoding_channels=1)
+
+
+def test_gate_weight_starts_at_one_over_k_of_the_linear_default():
+    """The paper's sum over K codewords is kept; W_gamma starts K times smaller than nn.Linear's default bound
+    1/sqrt(C'), so the logits start as with EncNet's mean and the gates near 1/2."""
+    torch.manual_seed(0)
+    enc = ContextEncoding(2, 64, encoding_channels=64, num_codes=32)
+    assert enc.fc.weight.abs().max() <= 1.0 / (32 * 64**0.5)
+    e = enc.encode(torch.randn(2, 64, 16, 16))
+    assert e.min() >= 0 and e.mean() > 5  # a sum of K ReLU'd standardised values: about 0.4 K per entry
+    gamma = torch.sigmoid(enc.fc(e))
+    assert gamma.min() > 0.3 and gamma.max() < 0.7

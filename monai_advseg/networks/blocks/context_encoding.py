@@ -49,8 +49,15 @@ class ContextEncoding(nn.Module):
     ``BatchNorm1d(C')`` on ``(B, C')`` vectors (statistics over the batch only, which raises for a batch of 1). It
     standardises each codeword's residual profile, which also removes the scale difference between codewords that
     attract many positions (large ``e_k``) and those that attract few.
-    EncNet averages over ``k``; the paper writes a sum, used here (the two differ only by a factor ``K`` absorbed in
-    ``W_gamma``).
+
+    EncNet averages over ``k``; the paper writes a sum, used here. The sum is ``K`` times the mean, so with
+    PyTorch's default ``nn.Linear`` initialisation the logits ``W_gamma e`` would start ``K`` times EncNet's and
+    most gates saturated (in a fresh NLCEN on chest X-rays, 24-32 % of the E2 gates below 0.05 and 22-34 % above
+    0.95, mean ``sigmoid'`` 0.06-0.10). ``W_gamma`` therefore starts at ``1/K`` of that initialisation: the logits
+    start as EncNet's and the gates near 1/2 (in a fresh NLCEN on chest X-rays, at most 0.1 % of any level's gates
+    outside (0.05, 0.95) and the mean ``sigmoid'`` 0.24-0.25, its maximum being 1/4). The factor ``K`` is matched at
+    initialisation only: the optimiser's steps on ``W_gamma`` are not rescaled, so the sum's logits still move
+    faster in training than the mean's would. ``docs/results/nlce_gate_init.md`` measures both initialisations.
 
     Args:
         spatial_dims: number of spatial dimensions.
@@ -79,6 +86,12 @@ class ContextEncoding(nn.Module):
         self.smoothing = nn.Parameter(torch.empty(num_codes).uniform_(0.0, 1.0))
         self.codeword_norm = nn.BatchNorm1d(num_codes)
         self.fc = nn.Linear(cp, in_channels)
+        # The paper sums the K codeword vectors where EncNet averages them, so with the default nn.Linear init the
+        # logits W_gamma e are K times EncNet's and most gates start saturated at 0 or 1 (mean sigmoid' 0.06-0.10 in a
+        # fresh NLCEN's E2). Dividing the initial W_gamma by K keeps the paper's sum in the forward pass and starts
+        # from EncNet's logits: gates near 1/2, where they can learn.
+        with torch.no_grad():
+            self.fc.weight.div_(num_codes)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Global context ``e = sum_k BN_ReLU(e_k)``.

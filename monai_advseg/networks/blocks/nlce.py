@@ -15,7 +15,8 @@ class NLCE(nn.Module):
     """Non-Local Context Encoder: ``F_z = NonLocal(x)``, ``gamma = ContextEncoding(F_z)``, output ``F_z * gamma``.
 
     ``gate="paper"`` returns ``F_z * gamma`` as the NLCE paper writes it: every channel is scaled by a factor in
-    ``(0, 1)``, so the module can only attenuate channels (at initialisation by about 1/2).
+    ``(0, 1)``, so the module can only attenuate channels (at initialisation by about 1/2: the gates start near 1/2,
+    see :class:`~monai_advseg.networks.blocks.ContextEncoding`).
     ``gate="encnet"`` returns EncNet's ``relu(F_z + F_z * gamma)``: the residual keeps ``F_z`` intact, the gate
     amplifies channels by up to 2x, and the ReLU clips negative responses.
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
+from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets import ResNetFeatures
 from monai.networks.nets.resnet import ResNetBlock, ResNetBottleneck, resnet_params
 from torch import nn
@@ -76,6 +77,15 @@ class NLCEN(nn.Module):
         gate: NLCE gate, ``"paper"`` (``F_z * gamma``) or ``"encnet"`` (``relu(F_z + F_z * gamma)``).
         sub_sample: max-pool the non-local keys/values by 2 per axis.
         refine_blocks: number of bottleneck blocks applied to P2..P5 in the refinement phase.
+        shortcut_type: the backbone's shortcut where a block changes stride or width: ``"A"`` (stride-``s``
+            sub-sampling and zero channels, parameter-free), ``"B"`` (a 1x1 convolution with stride ``s`` and batch
+            norm, the projection of the original ResNet and of MONAI's ``ResNet(shortcut_type="B")``) or ``None``
+            for MONAI's choice per model (``"A"`` for resnet18/34, ``"B"`` for resnet10 and resnet50 up). Type A is
+            always this module's own, which passes the input gradient (MONAI's concatenates ``.data`` and cuts it).
+
+    Raises:
+        ValueError: on ``spatial_dims`` other than 2 or 3, an unknown backbone or shortcut type, or ``refine_blocks``
+            without four counts.
     """
 
     def __init__(
@@ -88,6 +98,7 @@ class NLCEN(nn.Module):
         gate: str = "paper",
         sub_sample: bool = True,
         refine_blocks: tuple[int, int, int, int] = (0, 1, 2, 3),
+        shortcut_type: str | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -96,10 +107,12 @@ class NLCEN(nn.Module):
             raise ValueError(f"backbone must be one of {sorted(resnet_params)}, got {backbone!r}.")
         if len(refine_blocks) != 4:
             raise ValueError("refine_blocks needs one count per level P2..P5.")
+        if shortcut_type not in (None, "A", "B"):
+            raise ValueError(f"shortcut_type must be 'A', 'B' or None (MONAI's default), got {shortcut_type!r}.")
         self.spatial_dims = spatial_dims
         self.mode = _interp_mode(spatial_dims)
         self.backbone = ResNetFeatures(backbone, pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels)
-        self._replace_partial_shortcuts()
+        self._set_shortcuts(shortcut_type, bias=resnet_params[backbone][3])
         expansion = ResNetBottleneck.expansion if resnet_params[backbone][0] == "bottleneck" else ResNetBlock.expansion
         chans = [c * expansion for c in (64, 128, 256, 512)]
         self.feature_channels = chans
@@ -119,13 +132,30 @@ class NLCEN(nn.Module):
         self.fuse = Convolution(spatial_dims, sum(chans), chans[0], kernel_size=1, norm="batch", act="relu")
         self.refined_head = conv_type(chans[0], out_channels, kernel_size=3, padding=1)
 
-    def _replace_partial_shortcuts(self) -> None:
+    def _set_shortcuts(self, shortcut_type: str | None, bias: bool) -> None:
+        """Make every downsampling shortcut of the backbone of type ``shortcut_type`` (None: keep MONAI's type).
+
+        MONAI builds type A as a ``functools.partial`` (not a module), type B as ``Sequential(conv, norm)``. Type A
+        becomes :class:`_ZeroPadShortcut`; a new type-B projection gets the initialisation of MONAI's ResNet (Kaiming
+        normal, fan-out, for the convolution weight, PyTorch's default for its bias; unit weight and zero bias for the
+        norm) and a convolution bias when MONAI's table gives one for the model.
+        """
+        conv_type = Conv[Conv.CONV, self.spatial_dims]
         for layer in (self.backbone.layer1, self.backbone.layer2, self.backbone.layer3, self.backbone.layer4):
             for block in layer:
                 ds = block.downsample
-                if ds is not None and not isinstance(ds, nn.Module):
-                    kw = ds.keywords
-                    block.downsample = _ZeroPadShortcut(kw["spatial_dims"], kw["planes"], kw["stride"])
+                if ds is None:
+                    continue
+                is_partial = not isinstance(ds, nn.Module)
+                stride = ds.keywords["stride"] if is_partial else ds[0].stride[0]
+                out_channels = ds.keywords["planes"] if is_partial else ds[0].out_channels
+                if shortcut_type == "A" or (shortcut_type is None and is_partial):
+                    block.downsample = _ZeroPadShortcut(self.spatial_dims, out_channels, stride)
+                elif is_partial:
+                    conv = conv_type(block.conv1.in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
+                    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                    norm = get_norm_layer(name="batch", spatial_dims=self.spatial_dims, channels=out_channels)
+                    block.downsample = nn.Sequential(conv, norm)
 
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return ``[P2, P3, P4, P5]``.
