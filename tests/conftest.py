@@ -47,12 +47,20 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _device_param(name: str):
+def device_params() -> list:
+    """One ``pytest.param`` per available device name, the ``cuda`` one marked ``cuda``.
+
+    The ``device`` fixture is built from it; use it directly as ``@pytest.mark.parametrize("device_name",
+    device_params())`` where a function-scoped fixture does not fit (hypothesis ``@given`` tests), so that those
+    instances carry the mark too.
+    """
     # the mark lets the GPU check select the CUDA instances alone (pytest -m cuda) without matching test names
-    return pytest.param(name, id=name, marks=[pytest.mark.cuda] if name == "cuda" else [])
+    return [
+        pytest.param(name, id=name, marks=[pytest.mark.cuda] if name == "cuda" else []) for name in available_devices()
+    ]
 
 
-@pytest.fixture(params=[_device_param(name) for name in available_devices()])
+@pytest.fixture(params=device_params())
 def device(request) -> torch.device:
     """A device to run the test on, one test instance per entry of :func:`available_devices`.
 

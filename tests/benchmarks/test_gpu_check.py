@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import available_devices
+from conftest import available_devices, device_params
 from tiny_models import linear_pixel_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,6 +83,11 @@ def test_a_spent_budget_skips_every_step_and_still_writes_the_json(tmp_path):
 def test_the_device_fixture_has_cpu_and_cuda_when_present(device):
     assert available_devices()[0] == "cpu"
     assert ("cuda" in available_devices()) == torch.cuda.is_available()
+    params = device_params()
+    assert [param.id for param in params] == available_devices()
+    assert [[mark.name for mark in param.marks] for param in params] == [
+        [] if n == "cpu" else ["cuda"] for n in available_devices()
+    ]
     assert isinstance(device, torch.device) and device.type in available_devices()
     if device.type == "cuda":
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
