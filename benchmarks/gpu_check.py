@@ -185,7 +185,7 @@ def environment(commit_file: Path | None = None) -> dict[str, Any]:
         except ImportError:
             info[module] = None  # SimpleITK is not carried to the GPU machine (DICOM only)
     if commit_file is not None and commit_file.is_file():
-        info["commit"] = commit_file.read_text().strip()
+        info["commit"] = " ".join(commit_file.read_text().split())
     info["summary"] = ", ".join(
         [", ".join(g["name"] for g in info["gpus"]) or "no GPU", f"torch {info['torch']}", f"CUDA {info['cuda']}"]
     )
@@ -228,16 +228,17 @@ def run_benchmark(script: Path, args: Sequence[str]) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    tee, argv, error, figures = _Tee(sys.stdout), sys.argv, None, None
+    tee, errors, argv, error, figures = _Tee(sys.stdout), _Tee(sys.stderr), sys.argv, None, None
     began = time.perf_counter()
     try:
         sys.argv = [str(script), *args]
-        with contextlib.redirect_stdout(tee):
+        with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(errors):
             spec.loader.exec_module(module)
             figures = module.main()
     except SystemExit as stop:  # argparse errors (e.g. an option the script does not have yet)
         if stop.code not in (0, None):
-            error = f"exit {stop.code}"
+            said = [line for line in errors.copy.getvalue().splitlines() if line.strip()]
+            error = f"exit {stop.code}" + (f": {said[-1]}" if said else "")
     except Exception as caught:  # noqa: BLE001 - the report records any failure of a benchmark and goes on
         error = f"{type(caught).__name__}: {caught}"
     finally:
