@@ -4,6 +4,10 @@ Tests that read the real data in ``../shared/data`` use the ``shared_dataset`` f
 bundle schema in ``../shared/schemas``). In a user's clone without that
 folder they skip with the reason; ``.ci/run`` sets ``MONAI_ADVSEG_REQUIRE_DATA=1`` so that a missing folder fails the
 run instead of silently skipping it.
+
+Tests of code that takes a device ask for the ``device`` fixture: each runs once per available device, always
+``cpu`` and also ``cuda`` when CUDA is available. The ``cuda`` instances carry the ``cuda`` mark, so
+``pytest -m cuda`` runs exactly them (``benchmarks/gpu_check.sh`` does).
 """
 
 from __future__ import annotations
@@ -36,6 +40,43 @@ if hypothesis_settings is not None:
     set_home = getattr(hypothesis_configuration, "set_hypothesis_home_dir", None)
     if set_home is not None and "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
         set_home(Path(tempfile.gettempdir()) / "monai_advseg-hypothesis")
+
+
+def available_devices() -> list[str]:
+    """The devices the ``device`` fixture runs a test on: ``cpu``, then ``cuda`` when CUDA is available."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def device_params() -> list:
+    """One ``pytest.param`` per available device name, the ``cuda`` one marked ``cuda``.
+
+    The ``device`` fixture is built from it; use it directly as ``@pytest.mark.parametrize("device_name",
+    device_params())`` where a function-scoped fixture does not fit (hypothesis ``@given`` tests), so that those
+    instances carry the mark too.
+    """
+    # the mark lets the GPU check select the CUDA instances alone (pytest -m cuda) without matching test names
+    return [
+        pytest.param(name, id=name, marks=[pytest.mark.cuda] if name == "cuda" else []) for name in available_devices()
+    ]
+
+
+@pytest.fixture(params=device_params())
+def device(request) -> torch.device:
+    """A device to run the test on, one test instance per entry of :func:`available_devices`.
+
+    On CUDA, cuDNN is made deterministic (and not autotuned) for the test, so tests that compare two runs of the same
+    computation with ``torch.equal`` see the same kernels both times.
+    """
+    name = request.param
+    if name != "cuda":
+        yield torch.device(name)
+        return
+    deterministic, benchmark = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield torch.device("cuda")
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
 
 
 @pytest.fixture(autouse=True)

@@ -343,13 +343,14 @@ def test_other_network_trains_and_validates_through_the_bundle(network, data, tm
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
 
 
-def test_gpu_pipeline_switch_runs_on_cpu(data, tmp_path):
+def test_gpu_pipeline_switch_runs_on_the_device(data, tmp_path, device):
+    """``--gpu_pipeline true`` caches the volumes on ``device`` and crops there (``cpu`` runs the same path)."""
     flow = run_workflow(
         BUNDLE,
         ["train.json"],
         datalist=str(data / "nifti_only.json"),
         gpu_pipeline="true",
-        device="cpu",
+        device=str(device),
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "eval"),
         **{**SMALL, "num_workers": 2},
@@ -357,7 +358,9 @@ def test_gpu_pipeline_switch_runs_on_cpu(data, tmp_path):
     loader = flow.parser.get_parsed_content("train#dataloader")
     assert type(loader).__name__ == "ThreadDataLoader" and loader.num_workers == 0
     to_device = flow.parser.get_parsed_content("deterministic")[-1]
-    assert str(to_device.converter.device) == "cpu"
+    assert torch.device(to_device.converter.device).type == device.type
+    cached = flow.parser.get_parsed_content("train#dataset")[0][0]  # a random crop of the cached volume
+    assert cached["image"].device.type == device.type
     assert (tmp_path / "models" / "model.pt").is_file()
 
 

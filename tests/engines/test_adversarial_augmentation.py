@@ -17,10 +17,12 @@ def _loader(batch: int = 4) -> DataLoader:
     return DataLoader(Dataset(data), batch_size=batch, shuffle=False)
 
 
-def _trainer(network, loader=None, **kwargs) -> AdversarialAugmentationTrainer:
+def _trainer(network, device: torch.device | str = "cpu", loader=None, **kwargs) -> AdversarialAugmentationTrainer:
+    """The trainer on ``device`` (the network is moved there; MONAI's trainers move batches, not networks)."""
+    network.to(device)
     loss = torch.nn.CrossEntropyLoss()
     return AdversarialAugmentationTrainer(
-        device=torch.device("cpu"),
+        device=torch.device(device),
         max_epochs=1,
         train_data_loader=_loader() if loader is None else loader,
         network=network,
@@ -43,10 +45,10 @@ def _record_calls(network):
 
 
 @pytest.mark.parametrize("reuse", [True, False])
-def test_one_iteration_trains_on_clean_and_both_copies(reuse):
+def test_one_iteration_trains_on_clean_and_both_copies(reuse, device):
     network = small_unet()
     before = copy.deepcopy(network.state_dict())
-    trainer = _trainer(network, augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse)
+    trainer = _trainer(network, device, augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse)
     inputs, backward = _record_calls(network)
     trainer.run()
     output = trainer.state.output[0]  # decollated per sample; the losses are copied to each
@@ -57,29 +59,30 @@ def test_one_iteration_trains_on_clean_and_both_copies(reuse):
     expected = (output["loss_clean"] + output["loss_fgsm"] + output["loss_inverse_fgsm"]) / 3
     assert output["loss"] == pytest.approx(expected, rel=1e-5)
     assert output["loss_fgsm"] > output["loss_clean"] > output["loss_inverse_fgsm"]
-    changed = [not torch.equal(before[k], v) for k, v in network.state_dict().items() if k.endswith("weight")]
+    assert all(x.device.type == torch.device(device).type for x in inputs)  # every pass ran on the device
+    changed = [not torch.equal(before[k], v.cpu()) for k, v in network.state_dict().items() if k.endswith("weight")]
     assert all(changed)
     # batch norm counts the clean pass and the two copies, never the attack pass
     tracked = [v for k, v in network.state_dict().items() if k.endswith("num_batches_tracked")]
     assert all(int(v) == 3 for v in tracked)
 
 
-def test_reused_gradient_copies_are_the_signed_training_loss_gradient():
+def test_reused_gradient_copies_are_the_signed_training_loss_gradient(device):
     network = small_unet()
-    reference = copy.deepcopy(network).train()
-    images, labels = disk_batch(4, seed=2)
+    reference = copy.deepcopy(network).to(device).train()
+    images, labels = (t.to(device) for t in disk_batch(4, seed=2))
     x = images.clone().requires_grad_(True)
     torch.nn.functional.cross_entropy(reference(x), labels[:, 0]).backward()
-    trainer = _trainer(network, augmentations=("fgsm", "inverse_fgsm"), epsilon=0.05, clip_range=(0, 1))
+    trainer = _trainer(network, device, augmentations=("fgsm", "inverse_fgsm"), epsilon=0.05, clip_range=(0, 1))
     inputs, _ = _record_calls(network)
     trainer.run()
     assert torch.equal(inputs[1], signed_step(images, x.grad, 0.05, clip_range=(0, 1)))
     assert torch.equal(inputs[2], signed_step(images, x.grad, -0.05, clip_range=(0, 1)))
 
 
-def test_loss_weights_and_a_single_augmentation():
+def test_loss_weights_and_a_single_augmentation(device):
     network = small_unet()
-    trainer = _trainer(network, augmentations="inverse_fgsm", epsilon=0.05, loss_weights={"inverse_fgsm": 0.5})
+    trainer = _trainer(network, device, augmentations="inverse_fgsm", epsilon=0.05, loss_weights={"inverse_fgsm": 0.5})
     inputs, _ = _record_calls(network)
     trainer.run()
     output = trainer.state.output[0]  # decollated per sample; the losses are copied to each
@@ -87,16 +90,16 @@ def test_loss_weights_and_a_single_augmentation():
     assert output["loss"] == pytest.approx((output["loss_clean"] + 0.5 * output["loss_inverse_fgsm"]) / 1.5, rel=1e-5)
 
 
-def test_no_augmentation_is_plain_supervised_training():
+def test_no_augmentation_is_plain_supervised_training(device):
     torch.manual_seed(0)
     ours = small_unet()
-    theirs = copy.deepcopy(ours)
-    _trainer(ours, augmentations="none").run()
+    theirs = copy.deepcopy(ours).to(device)
+    _trainer(ours, device, augmentations="none").run()
     from monai.engines import SupervisedTrainer
 
     loss = torch.nn.CrossEntropyLoss()
     SupervisedTrainer(
-        device=torch.device("cpu"),
+        device=torch.device(device),
         max_epochs=1,
         train_data_loader=_loader(),
         network=theirs,
@@ -107,23 +110,28 @@ def test_no_augmentation_is_plain_supervised_training():
         assert torch.allclose(value.float(), theirs.state_dict()[key].float(), atol=1e-6), key
 
 
-def test_events_fire_and_amp_runs_on_cpu_in_bfloat16():
+def test_events_fire_and_amp_follows_the_device(device):
+    """AMP autocasts to bfloat16 without a scaler on CPU, to float16 with a GradScaler on CUDA."""
     network = small_unet()
-    trainer = _trainer(network, augmentations="both", epsilon=0.05, amp=True)
+    trainer = _trainer(network, device, augmentations="both", epsilon=0.05, amp=True)
     fired, dtypes = [], []
     trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, lambda e: dtypes.append(e.state.output["pred"].dtype))
     for event in (IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
         trainer.add_event_handler(event, lambda e, name=event.name: fired.append(name))
     trainer.run()
     assert fired == ["LOSS_COMPLETED", "BACKWARD_COMPLETED", "MODEL_COMPLETED"]
-    assert dtypes == [torch.bfloat16]
+    on_cuda = torch.device(device).type == "cuda"
+    assert dtypes == [torch.float16 if on_cuda else torch.bfloat16]
     assert math.isfinite(trainer.state.output[0]["loss"])
-    assert trainer.scaler is None
+    if on_cuda:
+        assert isinstance(trainer.scaler, torch.amp.GradScaler) and trainer.scaler.get_scale() > 0
+    else:
+        assert trainer.scaler is None
 
 
 @pytest.mark.parametrize("augmentations, weights", [("both", {"fgsm": 0.5}), ("none", None)])
-def test_handlers_see_the_whole_objective_as_loss_from_loss_completed_on(augmentations, weights):
-    trainer = _trainer(small_unet(), augmentations=augmentations, epsilon=0.05, loss_weights=weights)
+def test_handlers_see_the_whole_objective_as_loss_from_loss_completed_on(augmentations, weights, device):
+    trainer = _trainer(small_unet(), device, augmentations=augmentations, epsilon=0.05, loss_weights=weights)
     seen = {}
 
     def record(engine, name):
@@ -183,7 +191,7 @@ def test_accumulation_steps_step_once_per_group_with_the_mean_gradient(reuse):
     start = small_unet(norm="instance")
     settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse)
     network = copy.deepcopy(start)
-    trainer = _trainer(network, _batches_loader(3), accumulation_steps=2, **settings)
+    trainer = _trainer(network, loader=_batches_loader(3), accumulation_steps=2, **settings)
     snapshots = [_parameters(network)]
     trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: snapshots.append(_parameters(network)))
     trainer.run()
@@ -194,7 +202,7 @@ def test_accumulation_steps_step_once_per_group_with_the_mean_gradient(reuse):
     for index in range(2):
         alone = copy.deepcopy(start)
         batch = next(item for i, item in enumerate(_batches_loader(3)) if i == index)
-        _trainer(alone, [batch], **settings).run()
+        _trainer(alone, loader=[batch], **settings).run()
         single.append(_parameters(alone))
     for name, value in snapshots[2].items():
         torch.testing.assert_close(value, (single[0][name] + single[1][name]) / 2, rtol=1e-5, atol=1e-6)
@@ -206,7 +214,7 @@ def test_accumulation_without_augmentation_matches_supervised_trainer():
     torch.manual_seed(0)
     ours = small_unet()
     theirs = copy.deepcopy(ours)
-    _trainer(ours, _batches_loader(3), augmentations="none", accumulation_steps=2).run()
+    _trainer(ours, loader=_batches_loader(3), augmentations="none", accumulation_steps=2).run()
     loss = torch.nn.CrossEntropyLoss()
     SupervisedTrainer(
         device=torch.device("cpu"),
@@ -240,12 +248,12 @@ def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
     network.register_forward_pre_hook(lambda module, args: seen.append(type(args[0])))
     # the eager backend runs Dynamo's tracing without needing a C compiler for Inductor
     loader = DataLoader(Dataset(data), batch_size=4)
-    trainer = _trainer(network, loader, compile=True, compile_kwargs={"backend": "eager"}, **settings)
+    trainer = _trainer(network, loader=loader, compile=True, compile_kwargs={"backend": "eager"}, **settings)
     trainer.run()
     assert seen and all(kind is torch.Tensor for kind in seen)
     output = trainer.state.output
     for key, tag in (("image", "img"), ("label", "lab"), ("pred", "img")):
         assert isinstance(output[key], MetaTensor) and output[key].meta["tag"][0] == tag, key
-    _trainer(plain, loader, **settings).run()
+    _trainer(plain, loader=loader, **settings).run()
     for name, value in _parameters(plain).items():
         torch.testing.assert_close(_parameters(network)[name], value, rtol=1e-5, atol=1e-6)

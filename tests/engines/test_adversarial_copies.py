@@ -53,9 +53,10 @@ def nifti_slice(shared_dataset, tmp_path):
 KEYS = ["image", "label"]
 
 
-def _generator(nifti_slice, output_dir, *extra_loading) -> AdversarialCopyGenerator:
+def _generator(nifti_slice, output_dir, *extra_loading, device: str = "cpu") -> AdversarialCopyGenerator:
     return AdversarialCopyGenerator(
         network=small_unet(),
+        device=device,
         datalist=[nifti_slice],
         loading=Compose([LoadImaged(KEYS, image_only=True), EnsureChannelFirstd(KEYS), *extra_loading]),
         preparation=[
@@ -70,8 +71,8 @@ def _generator(nifti_slice, output_dir, *extra_loading) -> AdversarialCopyGenera
     )
 
 
-def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path):
-    generator = _generator(nifti_slice, tmp_path / "adversarial")
+def test_copies_of_a_nifti_slice_keep_its_header(nifti_slice, tmp_path, device):
+    generator = _generator(nifti_slice, tmp_path / "adversarial", device=device)
     datalist = json.loads(generator.run().read_text())["training"]
     assert [entry["augmentation"] for entry in datalist] == ["fgsm", "inverse_fgsm"]
     source = nib.load(nifti_slice["image"])

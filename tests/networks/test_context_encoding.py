@@ -14,10 +14,9 @@ def textbook_residuals(x, codewords, smoothing):
 
 
 @pytest.mark.parametrize("b,n,k,c", [(1, 7, 3, 5), (3, 20, 8, 4)])
-def test_compact_residuals_match_textbook_forward_and_gradients(b, n, k, c):
-    x = torch.randn(b, c, n, dtype=torch.float64, requires_grad=True)
-    d = torch.randn(k, c, dtype=torch.float64, requires_grad=True)
-    s = torch.rand(k, dtype=torch.float64, requires_grad=True)
+def test_compact_residuals_match_textbook_forward_and_gradients(b, n, k, c, device):
+    x, d = (torch.randn(*shape, dtype=torch.float64).to(device).requires_grad_() for shape in ((b, c, n), (k, c)))
+    s = torch.rand(k, dtype=torch.float64).to(device).requires_grad_()
     out = encode_residuals(x, d, s)
     ref = textbook_residuals(x, d, s)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -28,9 +27,9 @@ def test_compact_residuals_match_textbook_forward_and_gradients(b, n, k, c):
         torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
 
 
-def test_module_matches_textbook_gamma_with_gradients():
-    enc = ContextEncoding(2, 6, encoding_channels=5, num_codes=4).double()
-    x = torch.randn(2, 6, 5, 4, dtype=torch.float64, requires_grad=True)
+def test_module_matches_textbook_gamma_with_gradients(device):
+    enc = ContextEncoding(2, 6, encoding_channels=5, num_codes=4).double().to(device)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64).to(device).requires_grad_()
 
     def textbook(x):
         z = enc.reduce(x).flatten(2)

@@ -26,18 +26,19 @@ def _randomise(block: NonLocalBlock) -> None:
 
 @pytest.mark.parametrize("sub_sample", [False, True])
 @pytest.mark.parametrize("shape", [(2, 6, 7, 5), (1, 4, 5, 4, 3)])
-def test_matches_naive_softmax_formula(sub_sample, shape):
+def test_matches_naive_softmax_formula(sub_sample, shape, device):
     block = NonLocalBlock(len(shape) - 2, shape[1], sub_sample=sub_sample).double()
     _randomise(block)
-    block.eval()
-    x = torch.randn(*shape, dtype=torch.float64)
+    block.eval().to(device)
+    x = torch.randn(*shape, dtype=torch.float64).to(device)
     torch.testing.assert_close(block(x), naive_nonlocal(block, x), rtol=1e-10, atol=1e-10)
 
 
-def test_gradient_matches_naive():
+def test_gradient_matches_naive(device):
     block = NonLocalBlock(2, 6, inter_channels=4, sub_sample=True, norm=None).double()
     _randomise(block)
-    x = torch.randn(2, 6, 6, 6, dtype=torch.float64, requires_grad=True)
+    block.to(device)
+    x = torch.randn(2, 6, 6, 6, dtype=torch.float64).to(device).requires_grad_(True)
     (gx,) = torch.autograd.grad(block(x).square().sum(), x)
     (gx_ref,) = torch.autograd.grad(naive_nonlocal(block, x).square().sum(), x)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-9, atol=1e-9)

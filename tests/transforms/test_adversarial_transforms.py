@@ -9,16 +9,19 @@ from monai_advseg.attacks import fgsm, inverse_fgsm, inverse_mask, iterative_fgs
 from monai_advseg.transforms import FGSM, FGSMd, InverseFGSM, InverseFGSMd, IterativeFGSM, IterativeFGSMd
 
 
-def test_array_transforms_equal_the_core_on_one_sample():
-    network = small_unet().eval()
+def test_array_transforms_equal_the_core_on_one_sample(device):
+    """The transforms attack on the network's device and hand the result back where the input was (here the CPU)."""
+    network = small_unet().eval().to(device)
     image, label = disk_batch(1)
-    assert torch.equal(
-        FGSM(network, 0.05, (0, 1))(image[0], label[0]), fgsm(network, image, label, 0.05, clip_range=(0, 1))[0]
-    )
-    assert torch.equal(InverseFGSM(network, 0.05)(image[0], label[0]), inverse_fgsm(network, image, label, 0.05)[0])
+    on_device = image.to(device), label.to(device)
+    fgsm_copy = FGSM(network, 0.05, (0, 1))(image[0], label[0])
+    assert fgsm_copy.device == image.device
+    assert torch.equal(fgsm_copy, fgsm(network, *on_device, 0.05, clip_range=(0, 1))[0].cpu())
+    assert torch.equal(InverseFGSM(network, 0.05)(image[0], label[0]), inverse_fgsm(network, *on_device, 0.05)[0].cpu())
     targeted = IterativeFGSM(network, 0.05, 0.01, targeted=True, inverse_target_classes=2)(image[0], label[0])
-    expected = iterative_fgsm(network, image, inverse_mask(label, 2), 0.05, alpha=0.01, targeted=True)[0]
-    assert torch.equal(targeted, expected)
+    target = inverse_mask(on_device[1], 2)
+    expected = iterative_fgsm(network, on_device[0], target, 0.05, alpha=0.01, targeted=True)[0]
+    assert torch.equal(targeted, expected.cpu())
 
 
 def test_meta_data_and_types_are_preserved():
