@@ -260,3 +260,26 @@ def test_onnx_passes_the_checker_and_matches_eager_on_a_real_image(bundle, expor
     assert np.isfinite(actual).all()
     scale = max(1.0, float(expected.abs().max()))
     torch.testing.assert_close(torch.from_numpy(actual), expected, rtol=0, atol=ATOL * scale)
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_network_choice_builds_only_the_chosen_network(name, config):
+    # "$@network_choices[@network]" used to instantiate every choice, so the chosen network's initial weights depended
+    # on which other choices came before it in the dictionary. Each choice is a callable component now.
+    from monai.utils import set_determinism
+
+    path = BUNDLES / name / "configs" / config
+    choices = ConfigParser.load_config_file(path)["network_choices"]
+    for choice in choices:
+        weights = []
+        for kept in (list(choices), [choice]):  # all choices, then the chosen one alone
+            parser = ConfigParser()
+            parser.read_config(path)
+            parser["network"] = choice
+            parser["network_choices"] = {k: choices[k] for k in kept}
+            set_determinism(seed=0)
+            weights.append(parser.get_parsed_content("network_def").state_dict())
+        set_determinism(seed=None)
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), f"{name} {config} {choice}"
