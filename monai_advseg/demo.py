@@ -89,7 +89,7 @@ def folder_slices(dataset_dir: Path, size: int, seed: int, test_fraction: float 
     the demo before training with all problems listed, not when the loader reaches it.
     """
     items = paired_folder_datalist(dataset_dir)
-    check_slice_datalist(items, source=dataset_dir)
+    check_slice_datalist(items)
     train_items, test_items = split_datalist(items, test_fraction, seed=seed)
     reader = LoadImage(image_only=True, ensure_channel_first=True)
 

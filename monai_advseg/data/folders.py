@@ -256,30 +256,26 @@ def check_slice_datalist(
     items: Sequence[Mapping[str, Any]],
     mask_values: Sequence[Sequence[float]] | None = MASK_VALUES,
     max_problems: int = MAX_PROBLEMS,
-    source: str | os.PathLike = "datalist",
 ) -> None:
     """Check every 2D slice and mask of a run before it starts, and report all problems at once.
 
     Each image and mask must be a readable 2D file read to the last pixel (:func:`~monai_advseg.data.check_image_files`:
     truncated or corrupt files, NaN/Inf in NIfTI slices), each mask a single channel of the same size as its image with
     only the values of one of ``mask_values``. A bundle or the demo calls this before anything is written, so that a
-    broken slice stops the run up front instead of when the loader reaches it (possibly mid-epoch).
+    broken slice stops the run up front instead of when the loader reaches it (possibly mid-epoch). An empty ``items``
+    passes, as in :func:`~monai_advseg.data.check_image_files`: an empty folder is an error of
+    :func:`paired_folder_datalist`, an empty inference list just has nothing to do.
 
     Args:
         items: ``{"image": path, "label": path}`` items; ``"label"`` is optional (inference datalists).
         mask_values: the accepted value sets; a mask passes when its values are all in one of them (``{0}`` alone, a
             slice without foreground, passes). ``None`` skips the value check.
         max_problems: stop after this many problems (the message says so).
-        source: what to name when ``items`` is empty.
 
     Raises:
         InputError: one line per problem (``<file>: <reason>``), each also logged as ``bad input: ...``.
     """
     items = list(items)
-    if not items:
-        problem = f"{source}: no input items (an empty datalist or folder)"
-        log_input_problem(problem)
-        raise InputError(problem)
     problems: list[str] = []
     checked = 0
     for item in items:
