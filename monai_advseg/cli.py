@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from monai_advseg.data import checks
 from monai_advseg.data.checks import INPUT_PROBLEM_RECORD, InputError, _describe_error
@@ -34,7 +35,7 @@ DEBUG_HELP = f"show the Python traceback of an input error (or set {DEBUG_ENV}=1
 Main = Callable[[Sequence[str] | None], int]
 
 
-def print_input_error(error: BaseException, file=None) -> None:
+def print_input_error(error: BaseException, file: TextIO | None = None) -> None:
     """Print an input error as ``error: <file or value>: <what is wrong>`` lines, one per problem.
 
     Args:
@@ -64,16 +65,18 @@ def entry_point(
 
     Args:
         main: the command (when used as ``@entry_point`` without arguments).
-        input_errors: the exception types that mean bad input for this command. The default, only
-            :class:`~monai_advseg.data.InputError`, suits commands that also run models (a ``ValueError`` from inside
-            a network is a bug and keeps its traceback); a command that only reads and checks its inputs may declare
-            wider types, e.g. ``(ValueError, OSError)``.
+        input_errors: the exception types that mean bad input for this command (:class:`~monai_advseg.data.InputError`
+            always does). The default, only ``InputError``, suits commands that also run models (a ``ValueError`` from
+            inside a network is a bug and keeps its traceback); a command that only reads and checks its inputs may
+            declare wider types, e.g. ``(ValueError, OSError)``.
 
     Returns:
         the wrapped command (or, without ``main``, a decorator), taking ``argv`` (default ``sys.argv[1:]``). The
         wrapper only looks for ``--debug`` in ``argv``; the command's parser declares it (``action="store_true"``,
         ``help=DEBUG_HELP``), so that it is accepted and listed in ``--help``.
     """
+
+    caught = (InputError, *input_errors)
 
     def decorate(function: Main) -> Main:
         @functools.wraps(function)
@@ -86,7 +89,7 @@ def entry_point(
                 checks_logger.addFilter(_not_an_input_problem)
             try:
                 return function(argv)
-            except input_errors as error:
+            except caught as error:
                 if debug:
                     raise
                 print_input_error(error)

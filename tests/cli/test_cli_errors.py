@@ -41,7 +41,7 @@ def _command(argv):
     return 0
 
 
-_reading_command = entry_point(input_errors=(InputError, OSError))(_command.__wrapped__)
+_reading_command = entry_point(input_errors=(OSError,))(_command.__wrapped__)  # InputError is always caught
 
 
 def test_an_input_error_is_one_error_line_per_problem_and_exit_1(capsys):
@@ -62,6 +62,8 @@ def test_declared_os_errors_name_the_file(capsys):
         _command(["oserror"])  # not declared by this command
     assert _reading_command(["oserror"]) == 1
     assert capsys.readouterr().err == "error: /data/x.png: Permission denied\n"
+    assert _reading_command(["input"]) == 1
+    assert capsys.readouterr().err.startswith("error: a.png: not a readable image file\n")
 
 
 def test_debug_switch_and_environment_show_the_traceback(monkeypatch, capsys):
