@@ -340,6 +340,9 @@ def _mask_problem(path: Path, mask_values: Sequence[Sequence[float]] | None) -> 
     values = np.unique(array)
     if any(np.isin(values, allowed).all() for allowed in mask_values):
         return None
-    shown = ", ".join(f"{v:g}" for v in values[:8]) + (f", ... ({len(values)} distinct)" if len(values) > 8 else "")
-    accepted = " or ".join("{" + ", ".join(f"{v:g}" for v in allowed) + "}" for allowed in mask_values)
+    # float(): a bilevel (mode "1") PNG reads as bool, which has no "g" format
+    shown = ", ".join(f"{float(v):g}" for v in values[:8]) + (
+        f", ... ({len(values)} distinct)" if len(values) > 8 else ""
+    )
+    accepted = " or ".join("{" + ", ".join(f"{float(v):g}" for v in allowed) + "}" for allowed in mask_values)
     return f"{path}: mask values {shown}; expected only {accepted}"

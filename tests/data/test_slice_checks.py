@@ -146,3 +146,21 @@ def test_mask_values_can_be_configured_or_skipped(shared_dataset, tmp_path):
         check_slice_datalist(items, mask_values=[[0, 255]])
     check_slice_datalist(items, mask_values=[[0, 1, 2], [0, 255]])  # a multi-class convention, declared
     check_slice_datalist(items, mask_values=None)
+
+
+def test_mask_value_messages_for_bilevel_and_grey_masks(tmp_path):
+    """A bilevel (mode "1") PNG reads as bool; a grey mask lists its first values and how many there are."""
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "image.png")
+    Image.fromarray(np.eye(10, dtype=bool)).convert("1").save(tmp_path / "bilevel.png")
+    Image.fromarray(np.arange(100, dtype=np.uint8).reshape(10, 10)).save(tmp_path / "grey.png")
+    image = str(tmp_path / "image.png")
+    check_slice_datalist([{"image": image, "label": str(tmp_path / "bilevel.png")}])  # {False, True} is {0, 1}
+    with pytest.raises(InputError) as error:
+        check_slice_datalist(
+            [{"image": image, "label": str(tmp_path / name)} for name in ("bilevel.png", "grey.png")],
+            mask_values=[[0, 255]],
+        )
+    assert error.value.problems == [
+        f"{tmp_path / 'bilevel.png'}: mask values 0, 1; expected only {{0, 255}}",
+        f"{tmp_path / 'grey.png'}: mask values 0, 1, 2, 3, 4, 5, 6, 7, ... (100 distinct); expected only {{0, 255}}",
+    ]
