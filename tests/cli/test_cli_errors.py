@@ -20,6 +20,7 @@ from monai_advseg.data import InputError
 from monai_advseg.data.datalist import main as datalist_main
 from monai_advseg.demo import DEMO_OUTPUTS
 from monai_advseg.demo import main as demo_main
+from monai_advseg.report import main as report_main
 
 NAMES = ["0", "1", "2", "3"]
 
@@ -188,3 +189,17 @@ def test_datalist_cli_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError, match="image path not found"):
         datalist_main([*args, "-o", str(tmp_path / "x.json"), "--debug"])
     assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- report compare
+def test_report_compare_names_every_bad_report_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text('{"metrics": [')
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    reports = [tmp_path / "broken.json", tmp_path / "missing.json", tmp_path / "other.json"]
+    figure = tmp_path / "figure.png"
+    assert report_main(["compare", *map(str, reports), "-o", str(figure)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"error: {reports[0]}: not a JSON file (")
+    assert lines[1] == f"error: {reports[1]}: report file not found"
+    assert lines[2].startswith(f"error: {reports[2]}") and "not a monai_advseg robustness report" in lines[2]
+    assert len(lines) == 3 and not figure.exists()
