@@ -4,7 +4,10 @@
 synthetic CT-like 2D data set in Hounsfield units (MONAI's ``create_test_image_2d`` blobs as lesions in soft tissue,
 with noise), windows it to [0, 1], trains the three models, runs the NLCE paper's targeted I-FGSM sweep on each with
 :class:`~monai_advseg.engines.RobustnessEvaluator`, prints the Dice-vs-epsilon table and writes the comparison figure.
-``--dataset_dir`` runs it on real ``images/`` + ``masks/`` folders instead (8-bit slices, window 0..255).
+``--dataset_dir`` runs it on real ``images/`` + ``masks/`` folders instead (8-bit slices, window 0..255; masks
+{0, 255} or {0, 1}). Every slice and mask is checked before anything is written or replaced
+(:func:`~monai_advseg.data.check_slice_datalist`); bad input ends the command with one ``error:`` line per problem and
+exit status 1 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +29,8 @@ from monai.transforms import LoadImage
 from monai.utils import set_determinism
 
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS
-from monai_advseg.data import paired_folder_datalist, split_datalist
+from monai_advseg.cli import DEBUG_HELP, entry_point
+from monai_advseg.data import InputError, check_slice_datalist, paired_folder_datalist, split_datalist
 from monai_advseg.engines import AdversarialAugmentationTrainer, RobustnessEvaluator
 from monai_advseg.handlers import save_atomically
 from monai_advseg.networks.nets import NLCEUNet
@@ -80,8 +83,14 @@ def window(hu: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 def folder_slices(dataset_dir: Path, size: int, seed: int, test_fraction: float = 0.25):
-    """Real ``images/`` + ``masks/`` slices, windowed 0..255 -> [0, 1] and resized; a seeded train/test split."""
-    train_items, test_items = split_datalist(paired_folder_datalist(dataset_dir), test_fraction, seed=seed)
+    """Real ``images/`` + ``masks/`` slices, windowed 0..255 -> [0, 1] and resized; a seeded train/test split.
+
+    Every slice and mask is checked first (:func:`~monai_advseg.data.check_slice_datalist`), so a broken file stops
+    the demo before training with all problems listed, not when the loader reaches it.
+    """
+    items = paired_folder_datalist(dataset_dir)
+    check_slice_datalist(items)
+    train_items, test_items = split_datalist(items, test_fraction, seed=seed)
     reader = LoadImage(image_only=True, ensure_channel_first=True)
 
     def stack(items):
@@ -131,11 +140,31 @@ def train_model(name: str, images, labels, settings: DemoSettings, seed: int) ->
     return network.eval()
 
 
-def run_demo(output_dir: Path, dataset_dir: Path | None = None, quick: bool = False, seed: int = 0) -> dict:
+def run_demo(
+    output_dir: Path,
+    dataset_dir: Path | None = None,
+    quick: bool = False,
+    seed: int = 0,
+    *,
+    replace: Sequence[Path] = (),
+) -> dict:
     """Train the three models, sweep them, write reports and the comparison figure.
+
+    Args:
+        output_dir: where the reports, weights and the figure go.
+        dataset_dir: a folder with ``images/`` and ``masks/`` (checked before anything is written), or ``None`` for
+            the synthetic slices.
+        quick: the reduced size of :class:`DemoSettings`.
+        seed: data, split and training seed.
+        replace: an earlier demo's outputs to delete (``--overwrite``), only once the data is loaded and checked, so
+            that bad input leaves them in place.
 
     Returns:
         ``{model name: robustness report}``.
+
+    Raises:
+        InputError: on a bad ``dataset_dir`` (missing or empty folders, unmatched names, unreadable or truncated
+            files, mask/image size mismatch, mask values other than {0, 255} or {0, 1}), all problems listed.
     """
     from monai_advseg.report import compare
 
@@ -148,6 +177,11 @@ def run_demo(output_dir: Path, dataset_dir: Path | None = None, quick: bool = Fa
     else:
         train_x, train_y, test_x, test_y = folder_slices(dataset_dir, settings.size, seed)
         source = str(dataset_dir)
+    for path in replace:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     print(f"data: {source}; {len(train_x)} train / {len(test_x)} test, {settings.size}x{settings.size}", flush=True)
     reports = {}
     for name in MODELS:
@@ -186,34 +220,49 @@ def print_table(reports: dict) -> None:
         print(f"{label:>6} | " + " | ".join(f"{r[index]['mean_dice']:>18.4f}" for r in rows))
 
 
+def _earlier_outputs(output_dir: Path, overwrite: bool) -> list[Path]:
+    """Check ``--output_dir`` and return the earlier demo outputs in it that ``--overwrite`` replaces.
+
+    Args:
+        output_dir: the demo's output folder.
+        overwrite: replace an earlier demo's output.
+
+    Returns:
+        the paths to delete before writing (empty for a new or empty folder).
+
+    Raises:
+        InputError: when ``output_dir`` is a file, or holds files and ``overwrite`` is false, or holds files that no
+            demo wrote (``--overwrite`` never replaces a folder holding anything else).
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"{output_dir}: --output_dir is a file, not a folder")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return []
+    if not overwrite:
+        raise InputError(f"{output_dir}: exists and is not empty; pass --overwrite to replace it")
+    foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in DEMO_OUTPUTS)
+    if foreign:
+        raise InputError(
+            f"{output_dir}: holds files the demo did not write ({', '.join(foreign[:5])}); "
+            "--overwrite only replaces an earlier demo output, choose another --output_dir"
+        )
+    return [output_dir / name for name in DEMO_OUTPUTS if (output_dir / name).exists()]
+
+
+@entry_point
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m monai_advseg demo``; returns the exit status (1 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m monai_advseg demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", type=Path, default=Path("demo_out"))
     parser.add_argument("--dataset_dir", type=Path, default=None, help="folder with images/ and masks/ (optional)")
     parser.add_argument("--quick", action="store_true", help="reduced size (used by the test suite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
-    if args.output_dir.exists() and any(args.output_dir.iterdir()):
-        if not args.overwrite:
-            print(f"error: {args.output_dir} exists and is not empty; pass --overwrite to replace it", file=sys.stderr)
-            return 2
-        foreign = sorted(p.name for p in args.output_dir.iterdir() if p.name not in DEMO_OUTPUTS)
-        if foreign:  # --overwrite replaces an earlier demo's output, never a folder holding anything else
-            print(
-                f"error: {args.output_dir} holds files the demo did not write ({', '.join(foreign[:5])}); "
-                "--overwrite only replaces an earlier demo output, choose another --output_dir",
-                file=sys.stderr,
-            )
-            return 2
-        for name in DEMO_OUTPUTS:
-            path = args.output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    replace = _earlier_outputs(args.output_dir, args.overwrite)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    reports = run_demo(args.output_dir, args.dataset_dir, args.quick, args.seed)
+    reports = run_demo(args.output_dir, args.dataset_dir, args.quick, args.seed, replace=replace)
     summary = {name: report["metrics"] for name, report in reports.items()}
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0

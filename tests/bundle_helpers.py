@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigWorkflow
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
@@ -46,6 +47,15 @@ def workflow(bundle: str, configs: list[str], workflow_type: str = "train", **ov
     return flow
 
 
+def network_def(bundle: str, configs: tuple[str, ...] = ("train.json",), **overrides) -> torch.nn.Module:
+    """A bundle's ``network_def`` parsed from its configs, without ``initialize``: ``initialize`` checks every input of
+    the run, and a test that only needs the network has no data."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / name) for name in configs])
+    parser.update(overrides)
+    return parser.get_parsed_content("network_def")
+
+
 def run_workflow(bundle: str, configs: list[str], workflow_type: str = "train", **overrides) -> ConfigWorkflow:
     flow = workflow(bundle, configs, workflow_type, **overrides)
     flow.run()
@@ -64,10 +74,13 @@ def bundle_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpr
     )
 
 
-def bundle_run_args(bundle: str, config: str = "train.json", **overrides) -> list[str]:
-    """The arguments of ``python -m monai.bundle run`` for one config of ``bundle``, each override as ``--key value``
-    (values passed as text, as a user types them)."""
-    args = ["run", "--config_file", str(BUNDLES / bundle / "configs" / config), "--bundle_root", str(BUNDLES / bundle)]
+def bundle_run_args(bundle: str, config: str | list[str] = "train.json", **overrides) -> list[str]:
+    """The arguments of ``python -m monai.bundle run`` for one config of ``bundle`` (or several, merged left to right
+    as ``"['train.json','evaluate.json']"``), each override as ``--key value`` (values passed as text, as a user
+    types them)."""
+    files = [str(BUNDLES / bundle / "configs" / name) for name in ([config] if isinstance(config, str) else config)]
+    config_file = files[0] if len(files) == 1 else "[" + ",".join(f"'{f}'" for f in files) + "]"
+    args = ["run", "--config_file", config_file, "--bundle_root", str(BUNDLES / bundle)]
     return args + [arg for key, value in overrides.items() for arg in (f"--{key}", str(value))]
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from monai_advseg.data.checks import (
+    MAX_PROBLEMS,
     DicomSeriesInfo,
+    InputError,
+    MissingInputError,
     check_datalist_geometry,
     check_dicom_series,
     check_finite,
@@ -19,7 +22,9 @@ from monai_advseg.data.checks import (
 from monai_advseg.data.dicom import DicomSeriesReader, dicom_series_affine, find_dicom_series, load_dicom_series
 from monai_advseg.data.dicom_seg import PATIENT_STUDY_ATTRIBUTES, check_dicom_seg_source, write_dicom_seg
 from monai_advseg.data.folders import (
+    MASK_VALUES,
     check_datalist_files,
+    check_slice_datalist,
     load_datalist_json,
     paired_folder_datalist,
     split_datalist,
@@ -28,9 +33,13 @@ from monai_advseg.data.folders import (
 from monai_advseg.data.output import StagedOutputFolder
 
 __all__ = [
+    "MASK_VALUES",
+    "MAX_PROBLEMS",
     "PATIENT_STUDY_ATTRIBUTES",
     "DicomSeriesInfo",
     "DicomSeriesReader",
+    "InputError",
+    "MissingInputError",
     "StagedOutputFolder",
     "build_datalist",
     "check_datalist_files",
@@ -42,6 +51,7 @@ __all__ = [
     "check_image_file",
     "check_image_files",
     "check_nifti_file",
+    "check_slice_datalist",
     "dicom_series_affine",
     "find_dicom_series",
     "find_images",

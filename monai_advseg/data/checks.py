@@ -2,6 +2,8 @@
 
 Every check raises one ``ValueError`` (or ``FileNotFoundError``) whose message names the offending file and the reason,
 so that datalist building, bundles and command-line tools can report bad input without a traceback into a reader.
+The checks of a whole run (:func:`check_image_files`) collect the problems of all inputs (up to a cap) into one
+:class:`InputError`, one ``<file>: <reason>`` line each, which the command-line tools print as ``error:`` lines.
 
 Privacy: messages and logs name files, tags and geometry only. DICOM patient attributes (PatientName, PatientID,
 PatientBirthDate, ...) are never read into a message, a log record or a returned object.
@@ -19,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "MAX_PROBLEMS",
     "NIFTI_SUFFIXES",
     "PIL_SUFFIXES",
     "DicomSeriesInfo",
+    "InputError",
+    "MissingInputError",
     "check_dicom_series",
     "check_finite",
     "check_geometry_match",
@@ -49,6 +54,74 @@ _NON_IMAGE_SOP_PREFIXES = (
 _SPACING_RTOL = 0.01
 _SPACING_ATOL = 1e-3
 _ORIENTATION_ATOL = 1e-4
+#: How many problems a check of a whole run lists before it stops: enough to show a pattern (a wrong folder, a broken
+#: export), few enough to read; checking on after that costs a full read of every remaining input for nothing.
+MAX_PROBLEMS = 20
+
+
+class InputError(ValueError):
+    """Bad input a user has to fix (not a bug): one ``<file or value>: <what is wrong>`` line per problem.
+
+    ``str(error)`` is the lines joined by newlines, so its first line names the first bad file and the reason even
+    where MONAI's bundle runner wraps the error in its own ``RuntimeError``. The command-line tools print each line
+    as ``error: <line>`` without a traceback (see :func:`monai_advseg.cli.entry_point`).
+
+    Args:
+        problems: one line per problem (or a single line).
+        truncated: the check stopped after ``len(problems)`` problems; a last line says that more may follow.
+
+    Attributes:
+        problems: the problem lines, in the order found.
+        truncated: as given.
+    """
+
+    def __init__(self, problems: str | Sequence[str], truncated: bool = False) -> None:
+        self.problems = [problems] if isinstance(problems, str) else [str(p) for p in problems]
+        if not self.problems:
+            raise TypeError("InputError needs at least one problem")
+        self.truncated = truncated
+        super().__init__("\n".join(self.lines))
+
+    @property
+    def lines(self) -> list[str]:
+        """The problems, then (when the check stopped early) a line saying so: what a command prints as ``error:``."""
+        note = f"stopped after the first {len(self.problems)} problems; the remaining inputs were not checked"
+        return [*self.problems, note] if self.truncated else list(self.problems)
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """An :class:`InputError` for a file or folder that does not exist (also a ``FileNotFoundError``)."""
+
+
+#: Set on the log records of :func:`log_input_problem`: a command that prints the problems itself as ``error:`` lines
+#: filters these records out (see :func:`monai_advseg.cli.entry_point`), so that each problem is shown once.
+INPUT_PROBLEM_RECORD = "monai_advseg_input_problem"
+
+
+def log_input_problem(problem: str) -> None:
+    """Log one problem of a check of a whole run as an ``ERROR`` line ``bad input: <file>: <reason>``.
+
+    In a bundle run this line is what the log shows before MONAI's traceback, one per bad input.
+    """
+    logger.error("bad input: %s", problem, extra={INPUT_PROBLEM_RECORD: True})
+
+
+def logged(error: InputError) -> InputError:
+    """Log each line of ``error`` with :func:`log_input_problem` and return it: ``raise logged(InputError(...))``."""
+    for line in error.lines:
+        log_input_problem(line)
+    return error
+
+
+def _describe_error(error: BaseException) -> str:
+    """One ``<file>: <reason>`` text for an exception raised while checking an input.
+
+    Our checks' messages already start with the file; an ``OSError`` raised by Python itself reads
+    ``[Errno 13] Permission denied: '/x'``, which is rewritten as ``/x: Permission denied``.
+    """
+    if isinstance(error, OSError) and not isinstance(error, InputError) and error.filename and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def is_nifti_file(path: str | os.PathLike) -> bool:
@@ -397,7 +470,7 @@ def check_image_file(
         _check_ndim(shape, expected_ndim, path)
         return shape, affine
     if not path.exists():
-        raise FileNotFoundError(f"{path}: image file not found")
+        raise MissingInputError(f"{path}: image file not found")
     if is_nifti_file(path):
         return check_nifti_file(path, expected_ndim, check_values)
     if path.suffix.lower() in PIL_SUFFIXES:
@@ -408,34 +481,54 @@ def check_image_file(
 
 
 def check_image_files(
-    paths: Sequence[str | os.PathLike], expected_ndim: int | None = 3, check_values: bool = True
+    paths: Sequence[str | os.PathLike],
+    expected_ndim: int | None = 3,
+    check_values: bool = True,
+    max_problems: int = MAX_PROBLEMS,
 ) -> list[tuple[tuple[int, ...], np.ndarray | None]]:
     """Check every input of a run with :func:`check_image_file`, before anything is written.
 
-    The first failure is logged as one ``ERROR`` line (``bad input: <file>: <reason>``) and re-raised: a bundle's
-    config machinery wraps exceptions in its own ``RuntimeError``, whose last traceback line does not name the file.
+    Every failing input is logged as one ``ERROR`` line (``bad input: <file>: <reason>``) and all of them are raised
+    together, up to ``max_problems``: a bundle's config machinery wraps exceptions in its own ``RuntimeError``, whose
+    last traceback line does not name the file, so the log lines and the first line of the message do.
 
     Args:
         paths: NIfTI files, DICOM series folders or 2D image files.
         expected_ndim: required number of spatial dimensions (``None`` accepts any).
         check_values: decode every voxel of every input (one full read each; finds truncated or corrupt files,
             undecodable DICOM pixel data and NaN/Inf voxels).
+        max_problems: stop after this many failing inputs (the message says so).
 
     Returns:
         ``(shape, affine)`` per input, as :func:`check_image_file`.
 
     Raises:
-        FileNotFoundError, ValueError: on the first input that fails, naming it and the reason.
+        InputError: listing each failing input (its file and the reason), one line each.
     """
-    results = []
+    results, problems = [], []
     for path in paths:
-        try:
-            results.append(check_image_file(path, expected_ndim=expected_ndim, check_values=check_values))
-        except (OSError, ValueError) as e:
-            logger.error("bad input: %s", e)
-            raise
+        result, problem = _checked(path, expected_ndim, check_values)
+        results.append(result)
+        if problem is not None:
+            problems.append(problem)
+            if len(problems) >= max_problems:
+                break
+    if problems:
+        raise InputError(problems, truncated=len(problems) >= max_problems and len(results) < len(paths))
     logger.info("checked %d input(s)%s", len(results), " (all voxels read)" if check_values else " (headers only)")
     return results
+
+
+def _checked(
+    path: str | os.PathLike, expected_ndim: int | None, check_values: bool
+) -> tuple[tuple[tuple[int, ...], np.ndarray | None] | None, str | None]:
+    """:func:`check_image_file` as ``(result, None)`` or ``(None, problem line)``; the problem is logged."""
+    try:
+        return check_image_file(path, expected_ndim=expected_ndim, check_values=check_values), None
+    except (OSError, ValueError) as e:
+        problem = _describe_error(e)
+        log_input_problem(problem)
+        return None, problem
 
 
 def check_datalist_geometry(

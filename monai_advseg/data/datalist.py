@@ -8,7 +8,8 @@ Command line::
 file (for a single image) or a folder of NIfTI labels paired by name stem (``case1.nii.gz`` with
 ``case1.nii.gz``, a series folder ``case1/`` with ``case1.nii.gz``); a single image with a single label is paired
 whatever their names. Every image and label is read in full and checked (see :mod:`monai_advseg.data.checks`);
-the first problem stops the run with one message naming the file, and nothing is written.
+the first problem stops the run with one ``error: <file>: <reason>`` line and exit status 1 (``--debug`` shows the
+traceback), and nothing is written.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_advseg.cli import DEBUG_HELP, entry_point
 from monai_advseg.data.checks import check_datalist_geometry, is_nifti_file
 from monai_advseg.data.dicom import find_dicom_series
 from monai_advseg.data.folders import split_datalist, strip_suffix
@@ -178,6 +180,9 @@ def write_datalist_json(datalist: dict[str, Any], path: str | os.PathLike, overw
     return path
 
 
+# The command only finds, reads and checks files and writes one JSON: any ValueError / OSError is about its input or
+# output files (our checks name the file), not a bug of a model run.
+@entry_point(input_errors=(ValueError, OSError))
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 1 on bad input)."""
     parser = argparse.ArgumentParser(
@@ -191,24 +196,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--skip-value-check", action="store_true", help="check headers only, do not decode voxels")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     output = Path(args.output)
-    try:
-        if output.exists() and not args.overwrite:  # fail before the (slow) checks, not after
-            raise FileExistsError(f"{output}: output exists; pass --overwrite to replace it")
-        datalist = build_datalist(
-            args.images,
-            args.labels,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            check_values=not args.skip_value_check,
-        )
-        write_datalist_json(datalist, output, overwrite=args.overwrite)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if output.exists() and not args.overwrite:  # fail before the (slow) checks, not after
+        raise FileExistsError(f"{output}: output exists; pass --overwrite to replace it")
+    datalist = build_datalist(
+        args.images,
+        args.labels,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        check_values=not args.skip_value_check,
+    )
+    write_datalist_json(datalist, output, overwrite=args.overwrite)
     n_train, n_val = len(datalist["training"]), len(datalist["validation"])
     print(f"wrote {output}: {n_train} training, {n_val} validation items")
     return 0

@@ -536,7 +536,7 @@ def test_inference_cli_fails_on_bad_input_before_writing(kind, totalseg, shared_
     assert result.returncode == 1, logs[-3000:]
     assert f"ERROR - bad input: {bad}: {reason}" in result.stdout, logs[-3000:]  # one line in the bundle log
     assert result.stdout.count("ERROR - bad input:") == 1
-    assert f"ValueError: {bad}: {reason}" in result.stderr or f"FileNotFoundError: {bad}: {reason}" in result.stderr
+    assert f"monai_advseg.data.checks.InputError: {bad}: {reason}" in result.stderr  # the first line of the error
     assert not (tmp_path / "results").exists()  # not even the parent: inputs are checked before anything is made
 
 

@@ -15,6 +15,7 @@ from bundle_helpers import (
     bundle_cli,
     bundle_run_args,
     link_subset,
+    network_def,
     run_workflow,
     workflow,
 )
@@ -165,7 +166,7 @@ def test_unet_trains_through_train_json_and_its_checkpoint_loads_for_inference(c
 
 def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network = workflow(BUNDLE, ["train.json"], dataset_dir="unused").parser.get_parsed_content("network_def")
+    network = network_def(BUNDLE)
     network.load_state_dict(state)  # strict: every key present, every shape right
     network.eval()
     with torch.no_grad():
@@ -276,9 +277,8 @@ def test_datalist_json_replaces_the_folder_pairing(cxr, tmp_path):
     datalist.write_text(
         json.dumps({"training": [*items, {"image": str(tmp_path / "gone.png"), "label": items[0]["label"]}]})
     )
-    flow = workflow(BUNDLE, ["train.json"], datalist=str(datalist), ckpt_dir=str(tmp_path))
     with pytest.raises(Exception) as error:  # noqa: B017 - MONAI wraps the FileNotFoundError; the chain is checked
-        flow.parser.get_parsed_content("train_items")
+        workflow(BUNDLE, ["train.json"], datalist=str(datalist), ckpt_dir=str(tmp_path))  # initialize checks inputs
     assert f"{datalist} [training]: 1 path(s) do not exist: image={tmp_path / 'gone.png'}" in "".join(
         str(e) for e in _chain(error.value)
     )

@@ -13,6 +13,7 @@ from bundle_helpers import (
     bundle_cli,
     bundle_run_args,
     link_subset,
+    network_def,
     run_workflow,
     workflow,
 )
@@ -58,8 +59,7 @@ def test_properties_of_train_and_infer_workflows(slices):
 
 def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
-    flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused")
-    network = flow.parser.get_parsed_content("network_def")
+    network = network_def(BUNDLE)
     network.load_state_dict(state)  # strict: every key present, every shape right
 
 

@@ -69,5 +69,5 @@ def test_split_sizes_and_seed_reproducibility(cases, tmp_path, capsys):
 def test_out_of_range_val_fraction_exits_1_and_writes_nothing(cases, tmp_path, capsys, fraction):
     out = tmp_path / "datalist.json"
     assert main([str(cases / "images"), str(cases / "labels"), "-o", str(out), "--val-fraction", fraction]) == 1
-    assert f"error: val_fraction must be in [0, 1), got {float(fraction)}" in capsys.readouterr().err
+    assert f"error: val_fraction={float(fraction)}: must be in [0, 1)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

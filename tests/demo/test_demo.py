@@ -37,7 +37,10 @@ def test_demo_quick_run_leaves_reports_and_figure(tmp_path):
     summary = json.loads((output / "summary.json").read_text())
     assert set(summary) == {"unet", "unet_fgsm_inverse", "nlce_unet"}
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 2 and "exists and is not empty" in again.stderr
+    assert (
+        again.returncode == 1
+        and again.stderr == f"error: {output}: exists and is not empty; pass --overwrite to replace it\n"
+    )
 
 
 def test_overwrite_replaces_only_an_earlier_demo_output(tmp_path, capsys):
@@ -45,7 +48,7 @@ def test_overwrite_replaces_only_an_earlier_demo_output(tmp_path, capsys):
     folder.mkdir()
     (folder / "notes.txt").write_text("keep me")
     (folder / "summary.json").write_text("{}")
-    assert demo_main(["--output_dir", str(folder), "--overwrite"]) == 2
+    assert demo_main(["--output_dir", str(folder), "--overwrite"]) == 1
     assert "notes.txt" in capsys.readouterr().err
     assert (folder / "notes.txt").read_text() == "keep me" and (folder / "summary.json").exists()
 

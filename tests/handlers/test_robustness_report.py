@@ -129,12 +129,14 @@ def test_compare_cli_overlays_models(tmp_path):
     assert done.returncode == 0, done.stderr
     assert figure.read_bytes().startswith(PNG_MAGIC) and figure.stat().st_size > 1000
     again = _compare(*inputs, "-o", str(figure))
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 1
+    assert again.stderr == f"error: {figure}: already exists; pass --overwrite to replace it\n"
     wrong = _compare(*inputs, "-o", str(tmp_path / "x.png"), "--labels", "only-one")
-    assert wrong.returncode == 2 and "labels" in wrong.stderr
+    assert wrong.returncode == 1 and wrong.stderr.startswith("error: --labels: 1 given for 2 reports")
     (tmp_path / "bad.json").write_text(json.dumps({"hello": 1}))
     bad = _compare(str(tmp_path / "bad.json"), "-o", str(tmp_path / "y.png"))
-    assert bad.returncode == 2 and "not a monai_advseg robustness report" in bad.stderr
+    assert bad.returncode == 1 and "not a monai_advseg robustness report" in bad.stderr
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1  # one line
 
 
 def test_empty_cases_appear_in_the_figure_only_when_there_are_some(tmp_path):

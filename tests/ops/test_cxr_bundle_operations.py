@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from bundle_helpers import BUNDLES, bundle_torchrun, link_subset, workflow
+from bundle_helpers import BUNDLES, bundle_torchrun, link_subset, network_def
 
 BUNDLE = "lung_cxr_segmentation"
 CONFIGS = BUNDLES / BUNDLE / "configs"
@@ -53,8 +53,7 @@ def ddp_trained(cxr, tmp_path_factory):
 
 
 def _plain_network() -> torch.nn.Module:
-    flow = workflow(BUNDLE, ["train.json"], dataset_dir="unused", datalist=[])
-    return flow.parser.get_parsed_content("network_def")
+    return network_def(BUNDLE)
 
 
 def test_torchrun_training_shards_the_images_and_saves_plain_checkpoints(ddp_trained):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_helpers import BUNDLES, REPO_ROOT, link_subset, run_workflow, workflow
+from bundle_helpers import BUNDLES, REPO_ROOT, link_subset, network_def, run_workflow, workflow
 
 BUNDLE = "lung_lesion_ct_segmentation"
 CONFIGS = BUNDLES / BUNDLE / "configs"
@@ -69,7 +69,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _plain_network():
-    return workflow(BUNDLE, ["train.json"], dataset_dir="unused").parser.get_parsed_content("network_def")
+    return network_def(BUNDLE)
 
 
 def _epoch(checkpoint: dict) -> int:
