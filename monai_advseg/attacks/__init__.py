@@ -3,18 +3,35 @@
 Epsilon and alpha are in the network's input units; :func:`levels_to_epsilon` converts the papers' 0..255 levels.
 """
 
+from monai_advseg.attacks.apgd import APGD_LOSSES, APGDStepRule, apgd, apgd_checkpoints
 from monai_advseg.attacks.fgsm import fgsm, fgsm_pair, inverse_fgsm
 from monai_advseg.attacks.gradient import attack_mode, input_gradient, project, signed_step
-from monai_advseg.attacks.iterative import iterative_fgsm, pgd, segpgd, segpgd_loss, segpgd_step_loss
-from monai_advseg.attacks.losses import summed_cross_entropy
+from monai_advseg.attacks.iterative import (
+    balanced_cross_entropy,
+    iterative_fgsm,
+    pgd,
+    segpgd,
+    segpgd_loss,
+    segpgd_step_loss,
+)
+from monai_advseg.attacks.losses import (
+    dice_loss,
+    jensen_shannon_loss,
+    masked_cross_entropy,
+    masked_spherical_loss,
+    per_sample_cross_entropy,
+    summed_cross_entropy,
+)
 from monai_advseg.attacks.schedule import PAPER_EPSILON_LEVELS, kurakin_steps, kurakin_steps_for, levels_to_epsilon
 from monai_advseg.attacks.specs import (
     ATTACK_SPECS,
+    WORST_CASE_MEMBERS,
     AttackSpec,
     FGSMSpec,
     IterativeFGSMSpec,
     PGDSpec,
     SegPGDSpec,
+    WorstCaseSpec,
     build_attack_spec,
 )
 from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
@@ -22,7 +39,19 @@ from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_
 from monai_advseg.attacks.targets import inverse_mask
 
 __all__ = [
+    "APGDStepRule",
+    "APGD_LOSSES",
     "ATTACK_SPECS",
+    "WORST_CASE_MEMBERS",
+    "WorstCaseSpec",
+    "apgd",
+    "apgd_checkpoints",
+    "balanced_cross_entropy",
+    "dice_loss",
+    "jensen_shannon_loss",
+    "masked_cross_entropy",
+    "masked_spherical_loss",
+    "per_sample_cross_entropy",
     "AttackSpec",
     "FGSMSpec",
     "IterativeFGSMSpec",

@@ -91,8 +91,13 @@ def plain_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def input_gradient(
-    module: nn.Module, image: torch.Tensor, label: torch.Tensor, loss_fn: LossFn | None = None
-) -> torch.Tensor:
+    module: nn.Module,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    loss_fn: LossFn | None = None,
+    *,
+    return_outputs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Gradient of the attack loss with respect to the input only (parameter ``.grad`` is never touched).
 
     Call inside :func:`attack_mode`.
@@ -102,16 +107,22 @@ def input_gradient(
         image: ``(B, C, *spatial)`` plain tensor.
         label: the label (or target) the loss compares the logits with.
         loss_fn: ``loss_fn(logits, label)``; a non-scalar result is summed. Default :func:`summed_cross_entropy`.
+        return_outputs: also return the (detached) logits and the per-sample loss of the same forward.
 
     Returns:
-        ``dL/dimage``, same shape as ``image``.
+        ``dL/dimage``, same shape as ``image``; with ``return_outputs``, ``(gradient, logits, loss)`` where ``loss``
+        is ``(B,)`` when ``loss_fn`` returns one value per sample and None when it returns a scalar.
     """
     loss_fn = summed_cross_entropy if loss_fn is None else loss_fn
     image = image.detach().requires_grad_(True)
-    loss = loss_fn(network_logits(module(image)), label)
+    logits = network_logits(module(image))
+    loss = loss_fn(logits, label)
+    per_sample = loss.detach() if loss.ndim == 1 and loss.shape[0] == image.shape[0] else None
     if loss.ndim:
         loss = loss.sum()
     (gradient,) = torch.autograd.grad(loss, image)
+    if return_outputs:
+        return gradient, logits.detach(), per_sample
     return gradient
 
 

@@ -18,6 +18,7 @@ from monai_advseg.attacks.gradient import (
     attack_mode,
     ball_edges,
     input_gradient,
+    network_logits,
     plain_copy,
     project,
 )
@@ -26,7 +27,7 @@ from monai_advseg.attacks.schedule import kurakin_steps_for
 from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
 
-__all__ = ["iterative_fgsm", "pgd", "segpgd", "segpgd_loss"]
+__all__ = ["balanced_cross_entropy", "iterative_fgsm", "pgd", "segpgd", "segpgd_loss", "segpgd_step_loss"]
 
 # Builds the loss for one step: (step index t, per-sample total steps T of the active samples) -> loss_fn.
 StepLoss = Callable[[int, torch.Tensor], LossFn]
@@ -95,6 +96,10 @@ def _leaders(
     return leader
 
 
+# Scores an iterate from its logits: (logits, positions of the samples in the batch) -> (n,), lower = stronger attack.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @torch.inference_mode(False)  # evaluators may call from inference mode; the iterates must be autograd tensors
 def _iterate(
     network: nn.Module,
@@ -108,11 +113,12 @@ def _iterate(
     loss_fn: LossFn | None,
     clip_range: Sequence[float] | None,
     random_start: bool = False,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     step_loss: StepLoss | None = None,
     step_rule: StepRule = signed_step_rule,
     share: torch.Tensor | None = None,
     max_batch: int | None = None,
+    score_fn: ScoreFn | None = None,
 ) -> torch.Tensor:
     """The one attack loop: per-sample steps, active-set compaction, shared trajectories, projection and clipping.
 
@@ -125,10 +131,12 @@ def _iterate(
 
     Args:
         step_rule: the candidate before clipping and projection (default the sign step); see
-            :mod:`monai_advseg.attacks.step_rules`.
+            :mod:`monai_advseg.attacks.step_rules`. A rule with ``needs_loss = True`` gets the per-sample loss.
         share: ``(B,)`` group ids of samples that may share a trajectory (e.g. the index of the source image in a
             repeated batch), or None. Only for deterministic, stateless step rules without a random start.
         max_batch: at most this many samples per forward (None: all active leaders at once).
+        score_fn: when given, return each sample's best iterate by this score (lowest wins) among all iterates
+            ``x_0 .. x_T``, not the last; the final iterates cost one more forward (no backward).
         Others as in :func:`iterative_fgsm` / :func:`pgd`.
     """
     check_attack_inputs(image, label)
@@ -147,12 +155,12 @@ def _iterate(
     adversarial = original.clone()
     lower, upper = ball_edges(original, eps)  # once: every step's projection is then a clamp
     if random_start:
-        device = generator.device if generator is not None else image.device
-        noise = torch.rand(original.shape, generator=generator, device=device, dtype=original.dtype)
-        start = original + (2 * noise.to(original.device) - 1) * eps
+        start = original + (2 * _uniform_noise(original, generator) - 1) * eps
         adversarial = project(start, original, eps, clip, edges=(lower, upper))
         adversarial[counts == 0] = original[counts == 0]
     leader = _leaders(share, counts, original, target, by_count=step_loss is not None)
+    needs_loss = bool(getattr(step_rule, "needs_loss", False))
+    best = _BestIterates(adversarial, score_fn) if score_fn is not None else None
     direction = -1.0 if targeted else 1.0
     memory: dict = {}
     with attack_mode(network) as module:
@@ -163,21 +171,80 @@ def _iterate(
             x_t = adversarial[index]
             heads = active[leader[active] == active]  # leaders have the most steps: active while any follower is
             shared = heads.numel() != active.numel()
-            gradient = _leader_gradients(module, adversarial, target, heads, counts, t, loss_fn, step_loss, max_batch)
-            if shared:  # followers take their leader's gradient
+            outputs = _leader_gradients(
+                module, adversarial, target, heads, counts, t, loss_fn, step_loss, max_batch, needs_loss or best
+            )
+            if shared:  # followers take their leader's gradient (and outputs)
                 position = torch.full((batch,), -1, dtype=torch.long)
                 position[heads] = torch.arange(heads.numel())
-                gradient = gradient[position[leader[active]].to(image.device)]
-            context = StepContext(t, active, counts[active], direction * step_size[index], eps[index], memory)
-            candidate = step_rule(x_t, gradient, context)
-            updated = project(candidate, original[index], eps[index], clip, edges=(lower[index], upper[index]))
+                gather = position[leader[active]].to(image.device)
+                outputs = tuple(None if o is None else o[gather] for o in outputs)
+            gradient, logits, losses = outputs
+            if best is not None:
+                best.update(x_t, logits, active)
+            if needs_loss and losses is None:
+                raise ValueError("this step rule needs a loss that returns one value per sample, shape (B,)")
+            sample_edges = (lower[index], upper[index])
+
+            def project_active(candidate: torch.Tensor, centre=original[index], radius=eps[index], edges=sample_edges):
+                return project(candidate, centre, radius, clip, edges=edges)
+
+            context = StepContext(
+                t,
+                active,
+                counts[active],
+                direction * step_size[index],
+                eps[index],
+                memory,
+                batch,
+                losses,
+                project_active,
+            )
+            updated = project_active(step_rule(x_t, gradient, context))
             if shared:
                 _split_diverged(leader, active, updated)
             if whole:
                 adversarial = updated
             else:
                 adversarial[index] = updated
+        if best is not None:
+            stepped = torch.nonzero(counts > 0).flatten()
+            for start in range(0, stepped.numel(), stepped.numel() if max_batch is None else max_batch):
+                rows = stepped[start : start + (stepped.numel() if max_batch is None else max_batch)]
+                with torch.no_grad():
+                    logits = network_logits(module(adversarial[rows.to(image.device)]))
+                best.update(adversarial[rows.to(image.device)], logits, rows)
+            adversarial = best.iterates
     return adversarial
+
+
+def _uniform_noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """U(0, 1) noise of ``like``'s shape, from one generator, or one generator per sample (so that a sample's start
+    does not depend on its batch-mates)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = generator.device if generator is not None else like.device
+        return torch.rand(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    if len(generator) != like.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {like.shape[0]} samples")
+    draws = [torch.rand(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
+    return torch.stack(draws).to(like.device)
+
+
+class _BestIterates:
+    """Each sample's lowest-scoring iterate so far (its starting point until a step scores lower)."""
+
+    def __init__(self, start: torch.Tensor, score_fn: ScoreFn) -> None:
+        self.iterates = start.clone()
+        self.scores = torch.full((start.shape[0],), float("inf"), dtype=torch.float64)
+        self.score_fn = score_fn
+
+    def update(self, iterates: torch.Tensor, logits: torch.Tensor, samples: torch.Tensor) -> None:
+        scores = self.score_fn(logits, samples).detach().double().cpu()
+        better = scores < self.scores[samples]
+        if bool(better.any()):
+            rows = samples[better]
+            self.scores[rows] = scores[better]
+            self.iterates[rows.to(iterates.device)] = iterates[better.to(iterates.device)]
 
 
 def _leader_gradients(
@@ -190,16 +257,23 @@ def _leader_gradients(
     loss_fn: LossFn | None,
     step_loss: StepLoss | None,
     max_batch: int | None,
-) -> torch.Tensor:
-    """Input gradients at the leaders ``heads`` at step ``t``, in forwards of at most ``max_batch`` samples."""
+    with_outputs: bool | object,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(gradient, logits, per-sample loss)`` at the leaders ``heads`` at step ``t``, in forwards of at most
+    ``max_batch`` samples; logits and loss are None unless ``with_outputs``."""
     size = heads.numel() if max_batch is None else max_batch
     parts = []
     for start in range(0, heads.numel(), size):
         rows = heads[start : start + size]
         index = slice(None) if rows.numel() == adversarial.shape[0] else rows.to(adversarial.device)
         step_fn = loss_fn if step_loss is None else step_loss(t, counts[rows].to(adversarial.device))
-        parts.append(input_gradient(module, adversarial[index], target[index], step_fn))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if with_outputs:
+            parts.append(input_gradient(module, adversarial[index], target[index], step_fn, return_outputs=True))
+        else:
+            parts.append((input_gradient(module, adversarial[index], target[index], step_fn), None, None))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts, strict=True))  # type: ignore
 
 
 def _split_diverged(leader: torch.Tensor, active: torch.Tensor, updated: torch.Tensor) -> None:
@@ -300,6 +374,20 @@ def pgd(
     )
 
 
+def balanced_cross_entropy(
+    logits: torch.Tensor, label: torch.Tensor, weight_wrong: torch.Tensor, targeted: bool = False
+) -> torch.Tensor:
+    """SegPGD's weighted cross-entropy per sample, ``(B,)``: see :func:`segpgd_loss` (its batch sum)."""
+    if logits.shape[1] < 2 or label.shape[1] != 1:
+        raise ValueError("segpgd_loss needs multi-channel logits (C > 1) and a class-index label (B, 1, *spatial)")
+    indices = label[:, 0].long()
+    per_voxel = F.cross_entropy(upcast_half(logits), indices, reduction="none")
+    agrees = logits.argmax(dim=1) == indices
+    fooled = (agrees if targeted else ~agrees).to(per_voxel.dtype)
+    lam = weight_wrong.to(per_voxel.dtype).reshape(-1, *([1] * (per_voxel.ndim - 1)))
+    return ((1 - lam) * (1 - fooled) * per_voxel + lam * fooled * per_voxel).flatten(1).sum(dim=1)
+
+
 def segpgd_loss(
     logits: torch.Tensor, label: torch.Tensor, weight_wrong: torch.Tensor, targeted: bool = False
 ) -> torch.Tensor:
@@ -318,22 +406,21 @@ def segpgd_loss(
     Returns:
         A scalar.
     """
-    if logits.shape[1] < 2 or label.shape[1] != 1:
-        raise ValueError("segpgd_loss needs multi-channel logits (C > 1) and a class-index label (B, 1, *spatial)")
-    indices = label[:, 0].long()
-    per_voxel = F.cross_entropy(upcast_half(logits), indices, reduction="none")
-    agrees = logits.argmax(dim=1) == indices
-    fooled = (agrees if targeted else ~agrees).to(per_voxel.dtype)
-    lam = weight_wrong.to(per_voxel.dtype).reshape(-1, *([1] * (per_voxel.ndim - 1)))
-    return ((1 - lam) * (1 - fooled) * per_voxel + lam * fooled * per_voxel).sum()
+    return balanced_cross_entropy(logits, label, weight_wrong, targeted).sum()
 
 
-def segpgd_step_loss(targeted: bool = False) -> StepLoss:
-    """SegPGD's per-step loss for the attack loop: :func:`segpgd_loss` with ``lambda_t = t / (2T)`` per sample."""
+def segpgd_step_loss(targeted: bool = False, per_sample: bool = False) -> StepLoss:
+    """SegPGD's per-step loss for the attack loop: :func:`segpgd_loss` with ``lambda_t = t / (2T)`` per sample.
+
+    Args:
+        targeted: the label is the attack's target.
+        per_sample: return :func:`balanced_cross_entropy`'s ``(B,)`` values (for step rules that compare losses).
+    """
+    loss = balanced_cross_entropy if per_sample else segpgd_loss
 
     def step_loss(t: int, totals: torch.Tensor) -> LossFn:
         lam = t / (2.0 * totals.clamp_min(1).double())
-        return lambda logits, lbl: segpgd_loss(logits, lbl, lam, targeted=targeted)
+        return lambda logits, lbl: loss(logits, lbl, lam, targeted=targeted)
 
     return step_loss
 

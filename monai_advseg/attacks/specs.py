@@ -12,7 +12,8 @@ paper.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ __all__ = [
     "IterativeFGSMSpec",
     "PGDSpec",
     "SegPGDSpec",
+    "WORST_CASE_MEMBERS",
+    "WorstCaseSpec",
     "build_attack_spec",
 ]
 
@@ -245,6 +248,7 @@ ATTACK_SPECS: dict[str, type[AttackSpec]] = {
     "fgsm": FGSMSpec,
     "pgd": PGDSpec,
     "segpgd": SegPGDSpec,
+    "worst_case": None,  # WorstCaseSpec, defined below
 }
 
 
@@ -284,4 +288,266 @@ def build_attack_spec(attack: str | AttackSpec, alpha_levels: float = 1.0, steps
         if steps is not None:
             raise ValueError(f"steps={steps!r}: attack 'fgsm' takes exactly one step")
         return FGSMSpec()
+    if spec is WorstCaseSpec:  # steps: the APGD members' iterations (their default when None)
+        return (
+            WorstCaseSpec(alpha_levels=alpha_levels)
+            if steps is None
+            else WorstCaseSpec(alpha_levels=alpha_levels, apgd_steps=steps)
+        )
     return spec(alpha_levels=alpha_levels, steps=steps)
+
+
+# ----------------------------------------------------------------------------------------------- the worst case
+#: A scorer from the evaluator: ``scorer(logits, label) -> (n,)`` Dice per sample (NaN for a case without a scored
+#: class) and ``foreground(logits) -> (n,)``, the share of voxels predicted as foreground.
+Scorer = Callable[[torch.Tensor, torch.Tensor], dict]
+
+#: The ensemble of ``attack="worst_case"``: SEA's four APGD losses, the NLCE paper's attack and SegPGD.
+WORST_CASE_MEMBERS: tuple[str, ...] = (
+    "ifgsm_targeted",
+    "apgd_masked_ce",
+    "apgd_balanced_ce",
+    "apgd_js",
+    "apgd_spherical",
+    "segpgd",
+)
+
+
+_MULTI_CHANNEL_MEMBERS = ("segpgd", "apgd_balanced_ce")
+
+
+def _sample_generators(seed: int, member: str, images: torch.Tensor, levels: torch.Tensor) -> list[torch.Generator]:
+    """One generator per sample, seeded by the run's seed, the member and the sample itself (its image's bytes and its
+    strength), so that a sample's random start does not depend on its batch, its batch-mates or ``max_batch``."""
+    generators = []
+    for image, level in zip(images, levels.tolist(), strict=True):
+        content = zlib.crc32(image.detach().cpu().contiguous().numpy().tobytes())
+        key = zlib.crc32(f"{seed}/{member}/{level!r}/{content}".encode())
+        generators.append(torch.Generator().manual_seed(key))
+    return generators
+
+
+class WorstCaseSpec(AttackSpec):
+    """Per image and strength, the lowest Dice over an ensemble of attacks (``"worst_case"``).
+
+    Members (:data:`WORST_CASE_MEMBERS`): the NLCE paper's targeted I-FGSM (Kurakin steps, shared trajectories), APGD
+    with each of SEA's losses (masked cross-entropy, SegPGD's balanced cross-entropy, Jensen-Shannon, masked
+    spherical; ``apgd_steps`` iterations from a random start), and SegPGD (Kurakin steps). Every member returns its
+    best iterate by the Dice itself, not by its loss. ROG-style budget: a sample whose worst Dice is already at or
+    below ``threshold`` is not attacked by the remaining members. Random starts come from one generator per sample,
+    seeded by ``seed``, the member and the sample's own content, so the result does not depend on the batch or on
+    ``max_batch`` (nor on the number of DDP ranks). For a case without foreground (Dice undefined) the score is minus
+    its predicted-foreground share.
+
+    Args:
+        members: names of :data:`WORST_CASE_MEMBERS` to use, in order (cheapest first pays off with the early stop).
+        apgd_steps: iterations of each APGD member (SEA uses 300, ROG 100; 20 keeps the CXR validation split at 96x96
+            over the 18 paper strengths well within an hour on 2 CPU cores).
+        segpgd_steps: iterations of SegPGD; None = the Kurakin schedule.
+        threshold: Dice at or below which a sample counts as broken (0.0 .. 1.0).
+        alpha_levels: step of the I-FGSM and SegPGD members, in levels.
+
+    Raises:
+        ValueError: on an empty or unknown member list, ``apgd_steps`` < 1 or a threshold outside [0, 1].
+    """
+
+    name = "worst_case"
+    random = True
+    uses_scorer = True
+
+    def __init__(
+        self,
+        members: Sequence[str] = WORST_CASE_MEMBERS,
+        apgd_steps: int = 20,
+        segpgd_steps: int | None = None,
+        threshold: float = 0.0,
+        alpha_levels: float = 1.0,
+    ) -> None:
+        members = list(members)
+        if not members:
+            raise ValueError("worst_case: the ensemble is empty; give at least one of " + ", ".join(WORST_CASE_MEMBERS))
+        unknown = [m for m in members if m not in WORST_CASE_MEMBERS]
+        if unknown:
+            raise ValueError(f"worst_case: unknown members {unknown}; choose from {list(WORST_CASE_MEMBERS)}")
+        if isinstance(apgd_steps, bool) or not isinstance(apgd_steps, int) or apgd_steps < 1:
+            raise ValueError(f"worst_case: apgd_steps must be an int >= 1, got {apgd_steps!r}")
+        if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+            raise ValueError(f"worst_case: threshold must be in [0, 1], got {threshold!r}")
+        self.members = members
+        self.apgd_steps = apgd_steps
+        self.threshold = float(threshold)
+        self.stepped = _SteppedSpec(alpha_levels, _check_steps(segpgd_steps))
+        self.paper = _SteppedSpec(alpha_levels, None)
+        self.seed = 0
+        self.details: dict[str, Any] = {}
+        self._channels = 2
+
+    def check_network(self, channels: int) -> None:
+        # SegPGD's weighting needs class logits; a 1-channel (sigmoid) network skips those members (recorded).
+        self._channels = channels
+
+    def member_steps(self, member: str, levels: Sequence[float]) -> list[int]:
+        """Gradient steps of one member per strength (each APGD member: ``apgd_steps`` at every positive eps)."""
+        if member.startswith("apgd_"):
+            return [self.apgd_steps if e > 0 else 0 for e in levels]
+        return (self.paper if member == "ifgsm_targeted" else self.stepped).step_counts(levels)
+
+    def step_counts(self, levels: Sequence[float]) -> list[int]:
+        """The ensemble's steps per strength if no sample stops early (the cost printed before a run)."""
+        per_member = [self.member_steps(m, levels) for m in self.members]
+        return [sum(column) for column in zip(*per_member, strict=True)]
+
+    def describe(self, intensity_range: Sequence[float], seed: int | None) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "targeted": False,
+            "target": "per member: inverse_mask for ifgsm_targeted, the ground truth for the others",
+            "members": list(self.members),
+            "apgd_steps": self.apgd_steps,
+            "segpgd_steps": "kurakin" if self.stepped.steps is None else self.stepped.steps,
+            "alpha_levels": self.stepped.alpha_levels,
+            "alpha": levels_to_epsilon(self.stepped.alpha_levels, tuple(intensity_range)),
+            "threshold": self.threshold,
+            "seed": seed,
+            "selection": "lowest Dice per case and eps; each member returns its best iterate by Dice",
+        }
+
+    def sweep(
+        self,
+        network,
+        image,
+        target,
+        levels,
+        *,
+        intensity_range,
+        max_batch=None,
+        generator=None,
+        scorer: Scorer | None = None,
+        seed: int | None = None,
+        num_classes: int = 2,
+    ):
+        if scorer is None:
+            raise ValueError("worst_case needs the evaluator's scorer (Dice per sample) to pick the worst case")
+        lo_hi = (float(intensity_range[0]), float(intensity_range[1]))
+        seed = self.seed if seed is None else int(seed)
+        images, labels, epsilon, source = repeat_for_sweep(image, target, levels_to_epsilon(list(levels), lo_hi))
+        level_of = torch.tensor([float(e) for e in levels], dtype=torch.float64).repeat_interleave(image.shape[0])
+        count = images.shape[0]
+
+        def score(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            values = scorer(logits, labels[rows.to(labels.device)])
+            dice, foreground = values["dice"].double(), values["foreground"].double()
+            return torch.where(torch.isfinite(dice), dice, -foreground)
+
+        with torch.no_grad():
+            clean_logits = torch.cat(
+                [network(images[i : i + (max_batch or count)]) for i in range(0, count, max_batch or count)]
+            )
+        worst_score = score(clean_logits, torch.arange(count)).cpu()
+        worst = images.clone()
+        winner = torch.full((count,), -1, dtype=torch.long)
+        member_scores = {m: torch.full((count,), float("nan"), dtype=torch.float64) for m in self.members}
+        attacked = level_of > 0
+        skipped = [m for m in self.members if self._channels < 2 and m in _MULTI_CHANNEL_MEMBERS]
+        for number, member in enumerate(self.members):
+            if member in skipped:
+                continue
+            rows = torch.nonzero(attacked & (worst_score > self.threshold)).flatten()
+            if rows.numel() == 0:
+                break
+            index = rows.to(images.device)
+            steps = torch.tensor(self.member_steps(member, levels), dtype=torch.long).repeat_interleave(image.shape[0])[
+                rows
+            ]
+            generators = _sample_generators(seed, member, images[index], level_of[rows])
+            result = self._run_member(
+                member,
+                network,
+                images[index],
+                labels[index],
+                epsilon[rows],
+                steps,
+                source[rows],
+                lo_hi,
+                max_batch,
+                generators,
+                lambda logits, local, rows=rows: score(logits, rows[local.cpu()]),
+                num_classes,
+            )
+            with torch.no_grad():
+                logits = torch.cat(
+                    [
+                        network(result[i : i + (max_batch or len(rows))])
+                        for i in range(0, len(rows), max_batch or len(rows))
+                    ]
+                )
+            scores = score(logits, rows).cpu()
+            member_scores[member][rows] = scores
+            better = scores < worst_score[rows]
+            if bool(better.any()):
+                improved = rows[better]
+                worst[improved.to(worst.device)] = result[better.to(result.device)]
+                worst_score[improved] = scores[better]
+                winner[improved] = number
+        self.details = {
+            "winner": [self.members[w] if w >= 0 else None for w in winner.tolist()],
+            "member_scores": member_scores,
+            "score": worst_score,
+            "samples_attacked": {m: int(torch.isfinite(member_scores[m]).sum()) for m in self.members},
+            "skipped": skipped,
+        }
+        return worst.reshape(len(levels), *image.shape)
+
+    def _run_member(
+        self, member, network, images, labels, epsilon, steps, source, lo_hi, max_batch, generators, score, num_classes
+    ):
+        from monai_advseg.attacks.apgd import apgd  # apgd imports this module's siblings only
+
+        alpha = levels_to_epsilon(self.stepped.alpha_levels, lo_hi)
+        if member == "ifgsm_targeted":
+            return _iterate(
+                network,
+                images,
+                inverse_mask(labels, num_classes),
+                epsilon,
+                alpha=alpha,
+                steps=steps,
+                targeted=True,
+                loss_fn=None,
+                clip_range=lo_hi,
+                share=source,
+                max_batch=max_batch,
+                score_fn=score,
+            )
+        if member == "segpgd":
+            return _iterate(
+                network,
+                images,
+                labels,
+                epsilon,
+                alpha=alpha,
+                steps=steps,
+                targeted=False,
+                loss_fn=None,
+                clip_range=lo_hi,
+                random_start=True,
+                generator=generators,
+                step_loss=segpgd_step_loss(),
+                max_batch=max_batch,
+                score_fn=score,
+            )
+        return apgd(
+            network,
+            images,
+            labels,
+            epsilon,
+            steps=steps,
+            loss=member[len("apgd_") :],
+            clip_range=lo_hi,
+            generator=generators,
+            score_fn=score,
+            max_batch=max_batch,
+        )
+
+
+ATTACK_SPECS["worst_case"] = WorstCaseSpec

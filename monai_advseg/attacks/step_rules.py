@@ -28,6 +28,11 @@ class StepContext:
         epsilon: ``(n, 1, ..., 1)`` radius of each sample's L-inf ball.
         memory: a dict the rule may keep state in across steps (one per attack call; the rule indexes it with
             ``samples``). A rule that keeps state here must not be used with trajectory sharing.
+        batch: the size of the whole attacked batch (for state tensors indexed by ``samples``).
+        loss: ``(n,)`` per-sample loss at ``x_t`` from the same forward, for rules with ``needs_loss = True`` (the
+            loss function must then return one value per sample); else None.
+        project: clips a candidate of the active samples to the intensity range and projects it onto their balls,
+            the loop's own projection, for rules that project intermediate points.
     """
 
     step: int
@@ -36,6 +41,9 @@ class StepContext:
     step_size: torch.Tensor
     epsilon: torch.Tensor
     memory: dict = field(default_factory=dict)
+    batch: int = 0
+    loss: torch.Tensor | None = None
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 #: ``rule(x_t, gradient, context) -> candidate``: the point before clipping and projection.

@@ -10,6 +10,7 @@ is built by :func:`~monai_advseg.handlers.robustness_report.build_robustness_rep
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -84,6 +85,26 @@ def _case_ids(inputs: torch.Tensor, start: int, rank: int) -> list[str]:
         return [str(n) for n in names]
     prefix = f"rank{rank}_" if rank else ""
     return [f"{prefix}case_{start + i:05d}" for i in range(inputs.shape[0])]
+
+
+def _per_case_details(details: dict[str, Any], batch: int, count: int) -> dict[str, Any]:
+    """An ensemble's per-sample record (sample ``e * B + b``) as per-case rows ``(B, E)``."""
+    winners = details["winner"]
+    return {
+        "winner": [[winners[e * batch + b] for e in range(count)] for b in range(batch)],
+        "member_dice": {
+            name: values.reshape(count, batch).T.clone() for name, values in details["member_scores"].items()
+        },
+    }
+
+
+def _merge_details(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not parts:
+        return None
+    return {
+        "winner": [row for part in parts for row in part["winner"]],
+        "member_dice": {name: torch.cat([p["member_dice"][name] for p in parts]) for name in parts[0]["member_dice"]},
+    }
 
 
 class RobustnessEvaluator(SupervisedEvaluator):
@@ -225,6 +246,13 @@ class RobustnessEvaluator(SupervisedEvaluator):
             ``(E, B, C, *spatial)``, index ``e`` holding the images attacked at ``self.epsilon_levels[e]``.
         """
         target = plain_copy(self.attack_spec.target(label, num_classes))
+        extra: dict[str, Any] = {}
+        if getattr(self.attack_spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
+            extra = {
+                "scorer": lambda logits, truth: self.scores(logits, truth, num_classes),
+                "seed": self.seed,
+                "num_classes": num_classes,
+            }
         return self.attack_spec.sweep(
             self.attacked,
             plain_copy(image),
@@ -233,6 +261,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             intensity_range=self.intensity_range,
             max_batch=self.max_batch,
             generator=generator,
+            **extra,
         )
 
     def scores(self, logits: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
@@ -305,6 +334,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
         if self._bar is not None:
             self._bar.update(len(self.epsilons))
         output = {key: torch.stack([column[key] for column in columns], dim=1) for key in columns[0]}
+        details = (
+            getattr(self.attack_spec, "details", None) if getattr(self.attack_spec, "uses_scorer", False) else None
+        )
+        if details:
+            self._details.append(_per_case_details(details, inputs.shape[0], len(self.epsilons)))
         self._cases.extend(_case_ids(inputs, len(self._cases), self.state.rank))
         for key, values in output.items():
             self._rows[key].append(values)
@@ -321,12 +355,20 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._cases: list[str] = []
         self._rows: dict[str, list[torch.Tensor]] = {"dice": [], "jaccard": [], "foreground": []}
         self._empty: list[torch.Tensor] = []
+        self._details: list[dict[str, Any]] = []
         self._seconds = torch.zeros(1 + len(self.epsilons), dtype=torch.float64)
         self._started = time.perf_counter()
         self._generator = torch.Generator().manual_seed(self.seed) if self.attack_spec.random else None
         self._bar = None
         if self.progress is not False:
             from tqdm.auto import tqdm
+
+            steps = self.step_counts()
+            print(
+                f"robustness {self.attack}: at most {sum(steps)} forward + input-backward passes per image over "
+                f"{len(steps)} eps (per eps: {steps}), plus {1 + len(steps)} scoring forwards",
+                file=sys.stderr,
+            )
 
             length = self.state.epoch_length
             self._bar = tqdm(
@@ -343,8 +385,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         arrays = {k: torch.cat(v) if v else torch.empty(0, count) for k, v in self._rows.items()}
         arrays["empty"] = torch.cat(self._empty) if self._empty else torch.empty(0, dtype=torch.bool)
         cases, seconds = self._cases, self._seconds
+        details = _merge_details(self._details)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            cases, arrays, seconds = self._gather(cases, arrays, seconds)
+            cases, arrays, seconds, details = self._gather(cases, arrays, seconds, details)
         network = unwrap_ddp(self.network)
         self.results = build_robustness_report(
             cases,
@@ -367,21 +410,23 @@ class RobustnessEvaluator(SupervisedEvaluator):
                 **self.extra_config,
             },
             total_seconds=time.perf_counter() - self._started,
+            attack_details=details,
         )
         engine.state.robustness = self.results
         engine.state.metrics.update(self._state_metrics())
 
     @staticmethod
     def _gather(
-        cases: list[str], arrays: dict[str, torch.Tensor], seconds: torch.Tensor
-    ) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor]:
+        cases: list[str], arrays: dict[str, torch.Tensor], seconds: torch.Tensor, details: dict[str, Any] | None
+    ) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor, dict[str, Any] | None]:
         # Objects, not tensors: ranks may hold different numbers of cases and gloo / nccl both support this path.
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, (cases, arrays, seconds))
+        torch.distributed.all_gather_object(gathered, (cases, arrays, seconds, details))
         return (
             [c for part in gathered for c in part[0]],
             {key: torch.cat([part[1][key] for part in gathered]) for key in arrays},
             torch.stack([part[2] for part in gathered]).max(dim=0).values,
+            _merge_details([part[3] for part in gathered if part[3]]),
         )
 
     def _state_metrics(self) -> dict[str, float]:

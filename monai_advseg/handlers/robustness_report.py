@@ -63,6 +63,15 @@ def _summary(values: Any) -> tuple[float, float, int]:
     return float(finite.mean()), std, int(finite.size)
 
 
+def _case_details(details: dict[str, Any] | None, case: int, column: int) -> dict[str, Any]:
+    if details is None:
+        return {}
+    row: dict[str, Any] = {"attack": details["winner"][case][column - 1] if column else None}
+    for name, values in details["member_dice"].items():
+        row[f"dice_{name}"] = float(values[case, column - 1]) if column else float("nan")
+    return row
+
+
 def build_robustness_report(
     cases: Sequence[str],
     dice: Any,
@@ -77,6 +86,7 @@ def build_robustness_report(
     attack: dict[str, Any],
     config: dict[str, Any],
     total_seconds: float,
+    attack_details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sweep's report (``robustness.json``'s content) from its per-case arrays; a pure function.
 
@@ -94,6 +104,9 @@ def build_robustness_report(
         attack: the attack block (the attack component's ``describe()``).
         config: the run's configuration (network, inferer, ranges, bundle information ...).
         total_seconds: wall time of the whole evaluation.
+        attack_details: for an ensemble (``worst_case``): ``{"winner": (N, E) member names (None: no member beat the
+            clean image), "member_dice": {member: (N, E) scores, NaN where the member did not run}}``; adds the
+            per-case ``attack`` and ``dice_<member>`` and the per-row ``wins_<member>`` columns.
 
     Returns:
         ``{"format", "config", "attack", "epsilons", "metrics", "cases", "n_cases", "timings", "versions"}``.
@@ -131,6 +144,11 @@ def build_robustness_report(
                 "seconds": seconds[column],
             }
         )
+        if attack_details is not None:
+            names = list(attack_details["member_dice"])
+            for name in names:
+                wins = sum(1 for row in attack_details["winner"] if column and row[column - 1] == name)
+                rows[-1][f"wins_{name}"] = wins
     per_case = [
         {
             "case": case,
@@ -140,6 +158,7 @@ def build_robustness_report(
             "dice": float(dice[i, column]),
             "jaccard": float(jaccard[i, column]),
             "foreground_fraction": float(foreground[i, column]),
+            **_case_details(attack_details, i, column),
         }
         for column in range(len(levels))
         for i, case in enumerate(cases)
@@ -240,6 +259,12 @@ def _csv_bytes(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
+
+
+def _with_extra_columns(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
+    """The fixed columns, then any further keys of the rows (an ensemble's per-member columns), in first-seen order."""
+    extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key not in columns]
+    return [*columns, *extra]
 
 
 def _json_safe(value: Any) -> Any:
@@ -390,8 +415,11 @@ def write_robustness_reports(
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, data in (
-        ("robustness.csv", _csv_bytes(results["metrics"], SUMMARY_COLUMNS)),
-        ("robustness_cases.csv", _csv_bytes(results.get("cases", []), CASE_COLUMNS)),
+        ("robustness.csv", _csv_bytes(results["metrics"], _with_extra_columns(results["metrics"], SUMMARY_COLUMNS))),
+        (
+            "robustness_cases.csv",
+            _csv_bytes(results.get("cases", []), _with_extra_columns(results.get("cases", []), CASE_COLUMNS)),
+        ),
         ("robustness.json", json.dumps(_json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
     ):
         _atomic_write(folder / name, data)
