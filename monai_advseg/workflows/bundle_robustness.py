@@ -128,7 +128,7 @@ class PredictionRule:
 
     @property
     def needs_wrapper(self) -> bool:
-        """Sigmoid outputs with several channels or a threshold other than 0.5 need :class:`SigmoidPrediction`."""
+        """Sigmoid bundles go through :class:`SigmoidPrediction` (their threshold; one channel only)."""
         return self.activation == "sigmoid"
 
     def network(self, network: nn.Module, inferer: Inferer) -> nn.Module:
@@ -141,52 +141,54 @@ class PredictionRule:
 
     @property
     def prepare_batch(self) -> Callable:
-        """The evaluator's ``prepare_batch`` (multi-label sigmoid labels get :class:`SigmoidPrediction`'s layout)."""
-        return _multilabel_prepare_batch if self.needs_wrapper else default_prepare_batch
+        """The evaluator's ``prepare_batch`` (MONAI's default: ``image`` and ``label``)."""
+        return default_prepare_batch
 
     def describe(self) -> dict[str, Any]:
         """The rule and the attack loss that follows from it, for the report."""
         loss = {
             "softmax": "cross-entropy over the channels (softmax), summed over voxels",
-            "sigmoid": "binary cross-entropy per channel (sigmoid, decision at the threshold), summed over voxels",
+            "sigmoid": "binary cross-entropy of the one channel, logits shifted to the threshold, summed over voxels",
             "auto": "cross-entropy for several channels, binary cross-entropy for one, summed over voxels",
         }[self.activation]
         return {"activation": self.activation, "threshold": self.threshold, "source": self.source, "attack_loss": loss}
 
 
 class SigmoidPrediction(nn.Module):
-    """Sigmoid logits as two-class logits, so the attack core's cross-entropy is the per-channel BCE.
+    """A one-channel sigmoid network's logits shifted by the bundle's threshold: ``z - logit(threshold)``.
 
-    ``z -> [logit(threshold), z]`` per channel: softmax over the pair is ``sigmoid(z - logit(threshold))``, its
-    cross-entropy is the binary cross-entropy at the bundle's decision threshold and its argmax is
-    ``sigmoid(z) > threshold``. One channel stays ``(B, 1, ...)`` (shifted by the threshold's logit); ``C > 1``
-    channels become ``(B, 2, C, ...)``: the labels an extra spatial axis, scored pooled over the labels.
+    The evaluator scores one channel as ``sigmoid >= 0.5`` and the attack core's loss for one channel is the binary
+    cross-entropy, so after the shift both follow the bundle's decision ``sigmoid(z) >= threshold``. The inferer is
+    applied inside (a sliding window averages logits, so the shift commutes with it).
 
     Args:
         network: the bundle's network.
-        inferer: the bundle's inferer (applied inside, because the output layout differs from the network's).
+        inferer: the bundle's inferer.
         threshold: the sigmoid threshold of the bundle's postprocessing.
+
+    Raises:
+        InputError: (in ``forward``) for a multi-channel sigmoid (multi-label) network: the attack core's loss is a
+            softmax cross-entropy for several channels, so such bundles are not supported yet.
     """
 
     def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5) -> None:
         super().__init__()
         self.network = network
         self.inferer = inferer
+        self.threshold = float(threshold)
         self.shift = math.log(threshold / (1 - threshold))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         from monai_advseg.attacks.gradient import network_logits
 
         logits = network_logits(self.inferer(image, self.network))
-        if logits.shape[1] == 1:
-            return logits - self.shift
-        return torch.stack([torch.full_like(logits, self.shift), logits], dim=1)
-
-
-def _multilabel_prepare_batch(batchdata: dict, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
-    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-    # a C-channel multi-hot label as class indices of the (B, 2, C, ...) layout of SigmoidPrediction
-    return image, (label if label.shape[1] == 1 else label.unsqueeze(1))
+        if logits.shape[1] != 1:
+            raise InputError(
+                f"validate#postprocessing: sigmoid activation on a {logits.shape[1]}-channel output (multi-label): "
+                "not supported yet (the attack loss would be a softmax cross-entropy over the labels); "
+                "one-channel sigmoid and softmax bundles are"
+            )
+        return logits - self.shift if self.shift else logits
 
 
 def first_cases(dataset: Any, max_cases: int | None) -> Any:
