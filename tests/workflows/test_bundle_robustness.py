@@ -81,7 +81,8 @@ def test_spleen_zoo_bundle_sweep_in_hu_from_the_command_line(spleen, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| attack | 11.54 |" in result.stdout  # 10 HU = 10 * 255 / 221 levels of the bundle's [0, 1] input
+    # 10 HU = 10 * 255 / 221 levels = 10 / 221 input units of the bundle's [0, 1] input
+    assert "| attack | 11.5385 | 0.045249 | 10 |" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "robustness.csv",
         "robustness.json",
@@ -234,3 +235,38 @@ def test_bad_arguments(spleen, tmp_path, capsys, extra, expected):
     status, errors = _run_main(capsys, *spleen, tmp_path / "out", *extra)
     assert status == 1 and len(errors) == 1 and errors[0].startswith(expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_overlay_and_properties_are_package_data_and_documented():
+    import configparser
+
+    from monai_advseg.workflows import OVERLAY_CONFIG
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    pattern = setup["options.package_data"]["monai_advseg.workflows"].strip()
+    package = REPO_ROOT / "monai_advseg" / "workflows"
+    assert {OVERLAY_CONFIG, PROPERTIES_FILE} <= set(package.glob(pattern))  # what a pip install carries
+    assert "python -m monai_advseg robustness" in (REPO_ROOT / "README.md").read_text()
+    for readme in (REPO_ROOT / "bundles").glob("*/docs/README.md"):
+        assert "(../../../docs/evaluate_any_bundle.md)" in readme.read_text(), readme
+
+
+def test_yaml_configs_and_their_parse_errors(spleen, tmp_path, capsys):
+    yaml = pytest.importorskip("yaml")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(spleen[0], bundle)
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    (bundle / "configs" / "train.json").unlink()
+    (bundle / "configs" / "evaluate.json").unlink()
+    (bundle / "configs" / "train.yaml").write_text(yaml.safe_dump(config))
+    # a YAML bundle is found and read: the run gets as far as the checkpoint
+    status, errors = _run_main(capsys, bundle, spleen[1], tmp_path / "out", "--ckpt", str(tmp_path / "none.pt"))
+    assert status == 1 and errors == [
+        f"error: {tmp_path / 'none.pt'}: checkpoint not found; train the bundle first, or pass --ckpt PATH"
+    ]
+    broken = bundle / "configs" / "broken.yaml"
+    broken.write_text("device: cpu\nnetwork_def: [unclosed\nloss: 1\n")
+    status, errors = _run_main(capsys, bundle, spleen[1], tmp_path / "out", "--config_file", str(broken))
+    assert status == 1 and len(errors) == 1
+    assert errors[0].startswith(f"error: {broken}: line 3 column ") and "does not parse" in errors[0]
