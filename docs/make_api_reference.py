@@ -22,6 +22,7 @@ MODULES = (
     "monai_advseg.engines",
     "monai_advseg.handlers",
     "monai_advseg.data",
+    "monai_advseg.workflows",
 )
 OUTPUT = Path(__file__).resolve().parent / "api.md"
 

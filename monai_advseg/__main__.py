@@ -1,4 +1,4 @@
-"""``python -m monai_advseg demo ...`` (the main job) and ``python -m monai_advseg report compare ...``."""
+"""``python -m monai_advseg demo ...`` (the main job), ``report compare ...`` and ``robustness --bundle_root ...``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import sys
 
 
 def main() -> int:
-    commands = {"demo": "monai_advseg.demo", "report": "monai_advseg.report"}
+    commands = {"demo": "monai_advseg.demo", "report": "monai_advseg.report", "robustness": "monai_advseg.robustness"}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python -m monai_advseg {demo,report} ...   (demo --help for options)", file=sys.stderr)
+        print(
+            "usage: python -m monai_advseg {demo,report,robustness} ...   (<command> --help for options)",
+            file=sys.stderr,
+        )
         return 2
     import importlib
 

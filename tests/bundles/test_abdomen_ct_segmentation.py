@@ -18,6 +18,7 @@ from bundle_helpers import BUNDLES, bundle_cli, run_workflow, workflow
 from dicom_helpers import drop_pixel_spacing, text_sr
 
 from monai_advseg.data import load_dicom_series
+from monai_advseg.workflows import PROPERTIES_FILE
 
 BUNDLE = "abdomen_ct_segmentation"
 CONFIGS = BUNDLES / BUNDLE / "configs"
@@ -140,6 +141,9 @@ def test_properties_of_train_and_infer_workflows(data, totalseg):
     nifti = [str(totalseg / "nifti" / "example_ct_sm.nii.gz")]
     assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti).check_properties() == []
     assert workflow(BUNDLE, ["inference.json"], "infer", datalist=nifti, dicom_seg="true").check_properties() == []
+    # what `python -m monai_advseg robustness` reads of a bundle (the any-bundle workflow's MONAI properties file)
+    robust = workflow(BUNDLE, ["train.json"], "infer", properties_path=str(PROPERTIES_FILE), dataset_dir=str(data))
+    assert robust.check_properties() == []
 
 
 def test_label_ids_select_and_renumber_the_organs(data):

@@ -23,6 +23,8 @@ from ignite.engine import Events
 from monai.handlers import from_engine
 from monai.transforms import LoadImage
 
+from monai_advseg.workflows import PROPERTIES_FILE
+
 BUNDLE = "lung_cxr_segmentation"
 SMALL = {"spatial_size": [64, 64], "batch_size": 2, "epochs": 1}
 NAMES = ["MCUCXR_0001_0", "MCUCXR_0002_0", "MCUCXR_0003_0", "CHNCXR_0001_0", "CHNCXR_0002_0", "CHNCXR_0003_0"]
@@ -60,6 +62,9 @@ def trained(cxr, tmp_path_factory):
 def test_properties_of_train_and_infer_workflows(cxr):
     assert workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(cxr)).check_properties() == []
     assert workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(cxr)).check_properties() == []
+    # what `python -m monai_advseg robustness` reads of a bundle (the any-bundle workflow's MONAI properties file)
+    robust = workflow(BUNDLE, ["train.json"], "infer", properties_path=str(PROPERTIES_FILE), dataset_dir=str(cxr))
+    assert robust.check_properties() == []
 
 
 def test_training_recipe_is_the_papers(cxr):

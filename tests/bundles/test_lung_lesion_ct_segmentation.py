@@ -20,6 +20,8 @@ from bundle_helpers import (
 from monai.transforms import LoadImage
 from PIL import Image
 
+from monai_advseg.workflows import PROPERTIES_FILE
+
 BUNDLE = "lung_lesion_ct_segmentation"
 SMALL = {"spatial_size": [32, 32], "batch_size": 2, "epochs": 1}
 SMALL_INFER = {"spatial_size": [32, 32]}
@@ -55,6 +57,9 @@ def trained(slices, tmp_path_factory):
 def test_properties_of_train_and_infer_workflows(slices):
     assert workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(slices)).check_properties() == []
     assert workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(slices)).check_properties() == []
+    # what `python -m monai_advseg robustness` reads of a bundle (the any-bundle workflow's MONAI properties file)
+    robust = workflow(BUNDLE, ["train.json"], "infer", properties_path=str(PROPERTIES_FILE), dataset_dir=str(slices))
+    assert robust.check_properties() == []
 
 
 def test_training_saves_a_checkpoint_that_loads_into_the_network(trained):
