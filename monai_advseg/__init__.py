@@ -1,7 +1,7 @@
 """monai_advseg: adversarial-attack-driven augmentation, NLCE networks and robustness evaluation for MONAI.
 
 Subpackages: ``attacks`` (the pure-torch attack core), ``transforms``, ``networks``, ``engines``, ``handlers``,
-``data``. Import what you need from them; this top level stays light so ``import monai_advseg`` is cheap.
+``inferers``, ``data``. Import what you need from them; this top level stays light so ``import monai_advseg`` is cheap.
 """
 
 __version__ = "0.1.0"
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
-_SUBPACKAGES = ("attacks", "data", "engines", "handlers", "networks", "transforms")
+_SUBPACKAGES = ("attacks", "data", "engines", "handlers", "inferers", "networks", "transforms")
 
 
 def __getattr__(name: str) -> Any:
