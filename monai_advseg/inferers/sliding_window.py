@@ -163,8 +163,7 @@ class _WindowPlan:
             full = torch.zeros((*grad.shape[:2], *image_size), dtype=dtype, device=device)
             full[(slice(None), slice(None), *crop)] = grad
             grad = full
-        grad = grad / count
-        del count, weight_on_device
+        del weight_on_device
 
         source = F.pad(inputs, pad=pad_size, mode=pad_mode, value=self.cval) if padded else inputs
         grad_source = torch.zeros_like(source)
@@ -180,7 +179,10 @@ class _WindowPlan:
             coords = ([list(w) for w in windows],) if self.with_coord else ()
             with torch.enable_grad():
                 logits = self.main_logits(window_data, *coords, *self.args, **self.kwargs)
-            share = torch.cat([grad[w] for w in windows]).to(sw_device) * weight
+            # divided window by window, not as a whole volume: one volume-sized tensor less (same values: the
+            # division is elementwise)
+            share = torch.cat([grad[w] / count[(slice(None), slice(None), *w[2:])] for w in windows])
+            share = share.to(sw_device) * weight
             # inputs=window_data only: the network's parameters get no gradient, their .grad stays untouched
             (window_grad,) = torch.autograd.grad(logits, window_data, share.to(logits.dtype))
             del logits, share
@@ -188,6 +190,7 @@ class _WindowPlan:
             for position in reversed(range(len(windows))):
                 grad_source[windows[position]] += window_grad[position : position + 1]
             del window_data, window_grad
+        del grad, count
         if not padded:
             return grad_source
         leaf = inputs.detach().requires_grad_(True)
