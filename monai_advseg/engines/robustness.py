@@ -96,7 +96,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
     ``self.state.robustness``) then holds the report: one row per epsilon after the clean row, per-case values,
     configuration, timings and versions; ``self.state.metrics`` holds ``dice``, ``jaccard`` and ``dice_eps<levels>``,
     ``jaccard_eps<levels>``. With ``output_dir`` the report files are written there (rank 0; all ranks' cases are
-    gathered first).
+    gathered first). Through a MONAI ``SlidingWindowInferer`` the attacks' input gradients are streamed window batch
+    by window batch (``streamed_gradient``), so attacking a large volume needs the memory of one window batch.
 
     Examples::
 
@@ -125,7 +126,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             their input gradients through :class:`~monai_advseg.inferers.StreamedSlidingWindowInferer` with the same
             settings: the stitched logits are the same bit for bit, and the gradient, equal to the naive one up to
             rounding, is computed one ``sw_batch_size`` batch of windows at a time, so the attack's memory is that of
-            one window batch whatever the volume size (time about 1.3-1.5x: each window runs forward twice). The
+            one window batch whatever the volume size (each window runs forward once more, without autograd). The
             network must then be one that eval mode makes deterministic (the evaluator attacks in eval mode). False
             differentiates MONAI's inferer directly (memory grows with the volume). Scoring always uses ``inferer``.
         prepare_batch: as in MONAI's ``SupervisedEvaluator``.
