@@ -105,7 +105,9 @@ class _WindowPlan:
             **self.kwargs,
         )
 
-    def importance_map(self, image_size: Sequence[int], roi_size: Sequence[int], sw_device, dtype) -> torch.Tensor:
+    def importance_map(
+        self, image_size: Sequence[int], roi_size: Sequence[int], sw_device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         """The window weight map exactly as MONAI builds it, shaped ``(1, 1, *roi)``."""
         valid_patch_size = get_valid_patch_size(image_size, roi_size)
         if valid_patch_size == roi_size and self.roi_weight_map is not None:
