@@ -8,7 +8,7 @@
 #
 # Steps (each under `timeout`, all within GPU_CHECK_BUDGET_S seconds, default 540; a failed step does not stop the
 # others): env; the tests that take the device fixture, on cuda (pytest -m "cuda and not slow"); attack_cost,
-# augmentation_cost, sweep_cost and sliding_window_memory (when it exists) with --device cuda; the abdomen bundle's
+# augmentation_cost, sweep_cost and sliding_window_memory with --device cuda; the abdomen bundle's
 # robustness sweep with --gpu_pipeline true on the TotalSegmentator CT; fp16 / bf16 autocast gradient-sign agreement
 # on a 3D 128^3 U-Net batch. Everything goes into one JSON: $OUT/gpu_check.json when OUT is set, else
 # ./gpu_check.json (rewritten after every step, so a killed run keeps what it measured), then a summary table.
@@ -35,6 +35,7 @@ if [ "$DEVICE" = cuda ]; then
     ATTACK=(--device cuda)
     AUGMENT=(--device cuda)
     SWEEP=(--device cuda)
+    SLIDING=(--device cuda)
     AUTOCAST=(--device cuda --size 128 --batch 2)
     ABDOMEN=(--device cuda --epochs 20 --epsilons "[1, 4, 16]")
 elif [ "$DEVICE" = cpu ]; then
@@ -44,6 +45,7 @@ elif [ "$DEVICE" = cpu ]; then
     ATTACK=(--device cpu --repeats 1 --steps 1 --batch 1 --size 32)
     AUGMENT=(--device cpu --repeats 1 --batch 1 --size 32)
     SWEEP=(--device cpu --images 1 --repeats 1 --unit-batch 1 --threads 1)
+    SLIDING=(--device cpu --roi 32 --volumes 32x32x32 48x32x32 --sw-batch 1 --threads 1)
     AUTOCAST=(--device cpu --size 16 --batch 1 --channels "[4, 8]")
     ABDOMEN=(--device cpu --epochs 1 --epsilons "[1]" --overrides
         '{"spatial_size": [32, 32, 32], "network_choices#unet#channels": [8, 16, 32], "network_choices#unet#strides": [2, 2]}')
@@ -117,7 +119,7 @@ step 04_augmentation_cost 90 "${CHECK[@]}" bench --part "$PARTS/04_augmentation_
     benchmarks/augmentation_cost.py -- "${AUGMENT[@]}"
 step 05_sweep_cost 120 "${CHECK[@]}" bench --part "$PARTS/05_sweep_cost.json" benchmarks/sweep_cost.py -- "${SWEEP[@]}"
 step 06_sliding_window_memory 90 "${CHECK[@]}" bench --part "$PARTS/06_sliding_window_memory.json" \
-    benchmarks/sliding_window_memory.py -- --device "$DEVICE"
+    benchmarks/sliding_window_memory.py -- "${SLIDING[@]}"
 step 07_autocast 120 "${CHECK[@]}" autocast --part "$PARTS/07_autocast.json" "${AUTOCAST[@]}"
 step 08_abdomen_sweep 180 "${CHECK[@]}" bundle --part "$PARTS/08_abdomen_sweep.json" --data "$MONAI_ADVSEG_DATA" \
     --work "$WORK/abdomen" "${ABDOMEN[@]}"

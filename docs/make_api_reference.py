@@ -19,6 +19,7 @@ MODULES = (
     "monai_advseg.transforms",
     "monai_advseg.networks.blocks",
     "monai_advseg.networks.nets",
+    "monai_advseg.inferers",
     "monai_advseg.engines",
     "monai_advseg.handlers",
     "monai_advseg.data",

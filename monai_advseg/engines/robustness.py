@@ -35,6 +35,7 @@ from monai_advseg.handlers.robustness_report import (
     require_matplotlib,
 )
 from monai_advseg.handlers.safe_load import load_network_weights
+from monai_advseg.inferers import streamed_inferer
 
 __all__ = ["ATTACKS", "RobustnessEvaluator", "load_network_weights"]
 
@@ -45,13 +46,15 @@ ATTACKS: tuple[str, ...] = tuple(ATTACK_SPECS)
 class _InferredNetwork(nn.Module):
     """``x -> inferer(x, network)`` as a module, so the attack core can differentiate through sliding windows.
 
-    The network is a registered submodule: the core's ``.modules()`` / ``.eval()`` calls reach its layers.
+    The network is a registered submodule: the core's ``.modules()`` / ``.eval()`` calls reach its layers. With
+    ``streamed``, a MONAI ``SlidingWindowInferer`` is replaced by its streamed counterpart (same output, input gradient
+    one window batch at a time: :func:`~monai_advseg.inferers.streamed_inferer`).
     """
 
-    def __init__(self, network: nn.Module, inferer: Inferer) -> None:
+    def __init__(self, network: nn.Module, inferer: Inferer, streamed: bool = True) -> None:
         super().__init__()
         self.network = network
-        self.inferer = inferer
+        self.inferer = streamed_inferer(inferer, streamed)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return network_logits(self.inferer(image, self.network))
@@ -114,7 +117,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
     ``self.state.robustness``) then holds the report: one row per epsilon after the clean row, per-case values,
     configuration, timings and versions; ``self.state.metrics`` holds ``dice``, ``jaccard`` and ``dice_eps<levels>``,
     ``jaccard_eps<levels>``. With ``output_dir`` the report files are written there (rank 0; all ranks' cases are
-    gathered first).
+    gathered first). Through a MONAI ``SlidingWindowInferer`` the attacks' input gradients are streamed window batch
+    by window batch (``streamed_gradient``), so attacking a large volume needs the memory of one window batch.
 
     Examples::
 
@@ -139,6 +143,13 @@ class RobustnessEvaluator(SupervisedEvaluator):
         steps: iterations of a named iterative attack; None = the Kurakin schedule ``kurakin_steps(eps / alpha)``.
         max_batch: at most this many samples in one forward (attack and scoring); None = no bound.
         inferer: MONAI inferer, e.g. ``SlidingWindowInferer`` for 3D volumes; the attack differentiates through it.
+        streamed_gradient: when ``inferer`` is a MONAI ``SlidingWindowInferer`` (that exact class), the attacks take
+            their input gradients through :class:`~monai_advseg.inferers.StreamedSlidingWindowInferer` with the same
+            settings: the stitched logits are the same bit for bit, and the gradient, equal to the naive one up to
+            rounding, is computed one ``sw_batch_size`` batch of windows at a time, so the attack's memory is that of
+            one window batch whatever the volume size (each window runs forward once more, without autograd). The
+            network must then be one that eval mode makes deterministic (the evaluator attacks in eval mode). False
+            differentiates MONAI's inferer directly (memory grows with the volume). Scoring always uses ``inferer``.
         prepare_batch: as in MONAI's ``SupervisedEvaluator``.
         include_background: score the background class too (False suits binary tasks).
         ignore_empty: passed to ``DiceMetric`` / ``MeanIoU`` (see :meth:`scores`).
@@ -169,6 +180,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         steps: int | None = None,
         max_batch: int | None = None,
         inferer: Inferer | None = None,
+        streamed_gradient: bool = True,
         prepare_batch: Callable = default_prepare_batch,
         include_background: bool = False,
         ignore_empty: bool = True,
@@ -215,7 +227,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
             decollate=False,
             to_kwargs=to_kwargs,
         )
-        self.attacked = _InferredNetwork(unwrap_ddp(network), self.inferer)
+        self.attacked = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=streamed_gradient)
+        self.streamed_gradient = self.attacked.inferer is not self.inferer
         self._dice = DiceMetric(include_background=include_background, reduction="none", ignore_empty=ignore_empty)
         self._jaccard = MeanIoU(include_background=include_background, reduction="none", ignore_empty=ignore_empty)
         # Our sweep bookkeeping runs before any user handler so that their EPOCH_COMPLETED handlers see the results.
@@ -403,6 +416,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             config={
                 "network": type(network).__name__,
                 "inferer": type(self.inferer).__name__,
+                "streamed_gradient": self.streamed_gradient,
                 "intensity_range": list(self.intensity_range),
                 "include_background": self.include_background,
                 "ignore_empty": self.ignore_empty,

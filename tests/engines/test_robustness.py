@@ -428,3 +428,59 @@ def test_single_process_group_gathers_and_writes(trained, tmp_path):
         torch.distributed.destroy_process_group()
     assert evaluator.results["n_cases"] == 2
     assert (tmp_path / "out" / "robustness.json").is_file()
+
+
+def _float64_volume_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    network = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=1).double().eval()
+    images, labels = disk_batch(2, size=24, seed=19, spatial_dims=3)
+    return network, images[:, :, :, :, :20].double(), labels[:, :, :, :, :20]  # 24 x 24 x 20: not a roi multiple
+
+
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+def test_the_streamed_sliding_window_gradient_gives_the_naive_attack(mode):
+    """The evaluator streams a SlidingWindowInferer's input gradient by default; the I-FGSM images it makes equal the
+    naive ones (the streamed gradient is the naive one bit for bit here, float64 on the CPU, so every sign agrees)."""
+    network, images, labels = _float64_volume_case()
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=3, overlap=0.5, mode=mode)
+    attacked = {}
+    for streamed in (True, False):
+        evaluator = RobustnessEvaluator(
+            "cpu",
+            _loader(images, labels, 2),
+            network,
+            epsilons=[2, 4],
+            attack="ifgsm_targeted",
+            inferer=inferer,
+            streamed_gradient=streamed,
+            progress=False,
+        )
+        evaluator.run()
+        assert evaluator.results["config"]["streamed_gradient"] is streamed
+        assert evaluator.results["config"]["inferer"] == "SlidingWindowInferer"
+        assert evaluator.inferer is inferer  # scoring goes through the user's inferer either way
+        assert type(evaluator.attacked.inferer).__name__ == (
+            "StreamedSlidingWindowInferer" if streamed else "SlidingWindowInferer"
+        )
+        attacked[streamed] = (evaluator.attack_sweep(images, labels, num_classes=2), evaluator.state.metrics)
+    assert (attacked[True][0] != images).float().mean() > 0.5, "the gradient must flow through the windows"
+    assert torch.equal(attacked[True][0], attacked[False][0])
+    assert attacked[True][1] == attacked[False][1]
+    # the naive reference, outside the evaluator: MONAI's inferer differentiated directly
+    single = iterative_fgsm(
+        _Windowed(network, inferer),
+        images,
+        1 - labels,
+        4 / 255,
+        alpha=1 / 255,
+        steps=None,
+        targeted=True,
+        clip_range=(0, 1),
+    )
+    assert torch.equal(attacked[True][0][1], single)
+
+
+def test_other_inferers_are_differentiated_as_given():
+    network, images, labels = _float64_volume_case()
+    evaluator = RobustnessEvaluator("cpu", _loader(images, labels, 2), network, epsilons=[2], progress=False)
+    assert evaluator.attacked.inferer is evaluator.inferer and not evaluator.streamed_gradient  # SimpleInferer

@@ -1,0 +1,245 @@
+"""Peak memory of one attack step through a sliding window: naive autograd vs the streamed input gradient.
+
+Model: the MONAI model zoo's spleen_ct_segmentation 3D UNet, built from its ``configs/train.json`` ``network_def``
+(``../shared/zoo``; the same arguments are kept below for machines without that folder), random weights (seed 0),
+eval mode. Inferer: ``SlidingWindowInferer(roi 96^3, overlap 0.5)`` as in that bundle, with ``sw_batch_size`` 1 and
+4 (the bundle's); naive = MONAI's inferer differentiated directly, streamed =
+:class:`monai_advseg.inferers.StreamedSlidingWindowInferer`. One attack step = the attack core's forward + input-only
+backward (``monai_advseg.attacks.gradient.input_gradient``, summed cross-entropy to random labels) of one volume
+``1x1xHxWxD``.
+
+Memory: on the CPU each case runs in a fresh process, and the figure is the growth of ``ru_maxrss`` over the step
+(model and volume already built, nothing larger allocated before: transparent huge pages make the resident size of a
+reused process meaningless). The step is the process's first, so its time includes one-off start-up costs (small
+next to a step of several seconds). On CUDA the cases run in this process: peak ``torch.cuda.max_memory_allocated``
+over the step minus what was allocated before it, after a warm-up step; times are synchronised.
+Targets: streamed peak flat in the volume size (within 20 %, where the volume has at least ``sw_batch_size``
+windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last line is
+``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
+
+    python benchmarks/sliding_window_memory.py [--device cpu] [--sw-batch 1 4] [--volumes 96x96x96 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_device import add_device_argument, resolve_device, synchronize
+from monai.data.utils import dense_patch_slices
+from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval
+from monai.networks.nets import UNet
+from torch import nn
+
+from monai_advseg.attacks.gradient import attack_mode, input_gradient
+from monai_advseg.inferers import StreamedSlidingWindowInferer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ZOO_TRAIN = REPO_ROOT.parent / "shared" / "zoo" / "spleen_ct_segmentation" / "configs" / "train.json"
+# configs/train.json "network_def" of spleen_ct_segmentation 0.5.9 (used where ../shared/zoo is absent)
+SPLEEN_UNET = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [16, 32, 64, 128, 256],
+    "strides": [2, 2, 2, 2],
+    "num_res_units": 2,
+    "norm": "batch",
+}
+VOLUMES = ["96x96x96", "160x160x96", "224x224x128"]
+
+
+def spleen_unet_args(path: Path = ZOO_TRAIN) -> tuple[dict[str, Any], str]:
+    """The zoo bundle's UNet arguments and where they came from (its config, else the copy above)."""
+    if not path.is_file():
+        return dict(SPLEEN_UNET), "built-in copy of the spleen bundle's network_def"
+    definition = dict(json.loads(path.read_text())["network_def"])
+    target = definition.pop("_target_")
+    if target.rsplit(".", 1)[-1] != "UNet":
+        raise ValueError(f"{path}: network_def is {target}, not MONAI's UNet")
+    return definition, str(path)
+
+
+class _Windowed(nn.Module):
+    """``x -> inferer(x, network)``: what the attack core differentiates (as the robustness evaluator wraps it)."""
+
+    def __init__(self, network: nn.Module, inferer: SlidingWindowInferer) -> None:
+        super().__init__()
+        self.network, self.inferer = network, inferer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inferer(x, self.network)
+
+
+def _parse_volume(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(v) for v in text.lower().split("x"))
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"a volume is HxWxD, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def run_case(
+    device: torch.device,
+    streamed: bool,
+    volume: tuple[int, int, int],
+    sw_batch: int,
+    roi: int,
+    overlap: float,
+    repeats: int,
+) -> dict[str, Any]:
+    """One case: build the model and the volume, then measure the attack step's memory growth and time.
+
+    Returns:
+        ``{"peak_mib", "seconds", "windows"}``: memory growth over the step (MiB) and the median step time.
+    """
+    torch.manual_seed(0)
+    args, _ = spleen_unet_args()
+    network = UNet(**args).eval().to(device)
+    settings = dict(roi_size=(roi,) * 3, sw_batch_size=sw_batch, overlap=overlap)
+    inferer = StreamedSlidingWindowInferer(**settings) if streamed else SlidingWindowInferer(**settings)
+    module = _Windowed(network, inferer)
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand((1, 1, *volume), generator=generator).to(device)
+    label = torch.randint(0, 2, (1, 1, *volume), generator=generator).to(device)
+
+    def step() -> None:
+        with attack_mode(module) as attacked:
+            input_gradient(attacked, image, label)
+
+    times = []
+    if device.type == "cuda":
+        step()  # warm-up (cuDNN plans); the peak window below starts after it
+        torch.cuda.empty_cache()
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - began)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        began = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - began)
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    for _ in range(repeats - 1):
+        synchronize(device)
+        began = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - began)
+    image_size = tuple(max(v, roi) for v in volume)
+    scan = _get_scan_interval(image_size, (roi,) * 3, 3, (overlap,) * 3)
+    windows = len(dense_patch_slices(image_size, (roi,) * 3, scan))
+    return {"peak_mib": peak, "seconds": statistics.median(times), "windows": windows}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Run the benchmark; return its figures for callers such as ``benchmarks/gpu_check.py``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--volumes", nargs="+", type=_parse_volume, default=[_parse_volume(v) for v in VOLUMES])
+    parser.add_argument("--sw-batch", nargs="+", type=int, default=[1, 4], help="sw_batch_size values")
+    parser.add_argument("--roi", type=int, default=96, help="cubic window side (the bundle's 96)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap (the bundle's 0.5)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps per case (the first is the memory step)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this (fresh) process
+    add_device_argument(parser)
+    args = parser.parse_args(argv)
+    device = resolve_device(parser, args.device)
+    torch.set_num_threads(args.threads)
+    if args.case is not None:
+        case = json.loads(args.case)
+        result = run_case(device, case["streamed"], tuple(case["volume"]), case["sw_batch"], args.roi, args.overlap, 1)
+        print(json.dumps(result))
+        return None
+    unet_args, source = spleen_unet_args()
+    volumes = sorted(args.volumes, key=lambda v: v[0] * v[1] * v[2])
+    print(f"device: {device}; network: MONAI UNet {unet_args} from {source}")
+    print(f"roi {args.roi}^3, overlap {args.overlap}; one step = forward + input-only backward of a 1x1xHxWxD volume")
+    memory = "ru_maxrss growth over the step, fresh process per case" if device.type == "cpu" else "max allocated"
+    print(f"memory: {memory}")
+    print(
+        f"{'sw_batch':>8} {'volume':>12} {'windows':>7} {'naive MiB':>10} {'streamed MiB':>12} {'mem ratio':>9} "
+        f"{'naive s':>8} {'streamed s':>10} {'time ratio':>10}"
+    )
+    rows = []
+    for sw_batch in args.sw_batch:
+        for volume in volumes:
+            result = {}
+            for streamed in (False, True):
+                if device.type == "cpu":
+                    case = {"streamed": streamed, "volume": list(volume), "sw_batch": sw_batch}
+                    extra = ["--roi", str(args.roi), "--overlap", str(args.overlap)]
+                    result[streamed] = _in_fresh_process_with(case, args.threads, extra)
+                else:
+                    result[streamed] = run_case(
+                        device, streamed, volume, sw_batch, args.roi, args.overlap, args.repeats
+                    )
+            naive, streamed_ = result[False], result[True]
+            row = {
+                "sw_batch": sw_batch,
+                "volume": "x".join(map(str, volume)),
+                "windows": naive["windows"],
+                "naive_mib": naive["peak_mib"],
+                "streamed_mib": streamed_["peak_mib"],
+                "memory_ratio": naive["peak_mib"] / max(streamed_["peak_mib"], 1e-9),
+                "naive_seconds": naive["seconds"],
+                "streamed_seconds": streamed_["seconds"],
+                "time_ratio": streamed_["seconds"] / naive["seconds"],
+            }
+            rows.append(row)
+            print(
+                f"{sw_batch:>8} {row['volume']:>12} {row['windows']:>7} {row['naive_mib']:>10.0f} "
+                f"{row['streamed_mib']:>12.0f} {row['memory_ratio']:>9.2f} {row['naive_seconds']:>8.1f} "
+                f"{row['streamed_seconds']:>10.1f} {row['time_ratio']:>10.2f}",
+                flush=True,
+            )
+    for sw_batch in args.sw_batch:
+        # flatness over the volumes that fill at least one whole window batch
+        peaks = [r["streamed_mib"] for r in rows if r["sw_batch"] == sw_batch and r["windows"] >= sw_batch]
+        if len(peaks) > 1:
+            print(
+                f"sw_batch {sw_batch}: streamed peak max/min over volumes with >= {sw_batch} windows "
+                f"{max(peaks) / min(peaks):.2f} (target <= 1.20)"
+            )
+    key = [r for r in rows if r["sw_batch"] == max(args.sw_batch)][-1]
+    print(f"sw_batch {key['sw_batch']} at the largest volume: targets memory ratio >= 5, time ratio <= 1.6")
+    print(
+        f"memory ratio naive/streamed {key['memory_ratio']:.2f} at {key['volume']} (time ratio {key['time_ratio']:.2f})"
+    )
+    return {
+        "device": str(device),
+        "rows": rows,
+        "memory_ratio": key["memory_ratio"],
+        "time_ratio": key["time_ratio"],
+        "naive_s": key["naive_seconds"],
+        "streamed_s": key["streamed_seconds"],
+    }
+
+
+def _in_fresh_process_with(case: dict[str, Any], threads: int, extra: list[str]) -> dict[str, Any]:
+    """Run one case in a new Python process (its own ``ru_maxrss``) and return its figures."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--case", json.dumps(case), "--threads", str(threads)]
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + path if path else "")}
+    done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"case {case} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

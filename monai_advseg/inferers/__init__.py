@@ -1,0 +1,10 @@
+"""Inferers that every attack can differentiate through: a sliding window whose input gradient is streamed window
+batch by window batch, so its memory stays that of one window batch whatever the volume size."""
+
+from monai_advseg.inferers.sliding_window import (
+    StreamedSlidingWindowInferer,
+    streamed_inferer,
+    streamed_sliding_window_inference,
+)
+
+__all__ = ["StreamedSlidingWindowInferer", "streamed_inferer", "streamed_sliding_window_inference"]
