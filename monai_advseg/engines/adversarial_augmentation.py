@@ -100,7 +100,8 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
 
     Raises:
         ValueError: on unknown augmentation names, negative epsilon, bad ``clip_range`` or weights; with
-            ``auxiliary_bn`` on a network without twins or an optimizer that does not train them.
+            ``auxiliary_bn`` without online augmentations, on a network without twins or with an optimizer that does
+            not train them.
     """
 
     def __init__(
@@ -143,6 +144,11 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         Workflow.run(self)
 
     def _check_auxiliary_bn(self) -> None:
+        if not self.augmentations:
+            raise ValueError(
+                "auxiliary_bn=True needs online copies (augmentations fgsm, inverse_fgsm or both with online=true), "
+                "got none: offline copies come mixed with the originals, so no batch could go to the twins"
+            )
         layers = auxiliary_bn_layers(self.network)
         if not layers:
             raise ValueError(

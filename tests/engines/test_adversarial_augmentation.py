@@ -419,3 +419,5 @@ def test_auxiliary_bn_needs_a_converted_network_whose_twins_the_optimizer_trains
         )
     with pytest.raises(ValueError, match="auxiliary_bn must be true or false"):
         _trainer(small_unet(), auxiliary_bn="sometimes")
+    with pytest.raises(ValueError, match="needs online copies"):
+        _trainer(convert_to_auxiliary_bn(small_unet()), augmentations="none", auxiliary_bn=True)
