@@ -489,7 +489,9 @@ def figure(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["summary"])
+    # data sets with recipes only: a baseline alone has nothing to compare
+    names = [name for name, summary in results["summary"].items() if any(key != "none" for key in summary)]
+    names = names or list(results["summary"])
     panels = (("iou@clean", "clean IoU"), ("dice@fgsm@25.5", "Dice under FGSM 25.5"))
     fig, axes = plt.subplots(len(panels), len(names), figsize=(6 * len(names), 8), squeeze=False)
     colours = dict(zip(AUGMENTATIONS, ("tab:red", "tab:blue", "tab:purple"), strict=True))
@@ -511,7 +513,9 @@ def figure(results: dict, path: Path) -> Path:
                     )
                     if not points:
                         continue
-                    xs = [p[0] for p in points]
+                    # a small multiplicative dodge keeps the six recipes' error bars apart on the log axis
+                    dodge = 1 + 0.03 * (2 * AUGMENTATIONS.index(augmentation) + auxiliary - 2.5)
+                    xs = [p[0] * dodge for p in points]
                     ys = [p[1][0] for p in points]
                     errors = [p[1][1] or 0 for p in points]
                     axis.errorbar(
@@ -520,7 +524,8 @@ def figure(results: dict, path: Path) -> Path:
                         yerr=errors,
                         color=colours[augmentation],
                         linestyle="--" if auxiliary else "-",
-                        marker="o",
+                        marker="s" if auxiliary else "o",
+                        markerfacecolor="white" if auxiliary else None,
                         capsize=3,
                         label=variant,
                     )

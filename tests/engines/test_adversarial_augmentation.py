@@ -229,8 +229,8 @@ def test_accumulation_without_augmentation_matches_supervised_trainer():
         assert torch.allclose(value.float(), theirs.state_dict()[key].float(), atol=1e-6), key
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
+@pytest.mark.parametrize("reuse, auxiliary", [(True, False), (False, False), (True, True)])
+def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse, auxiliary):
     """compile=True as in SupervisedTrainer: the compiled network never gets a MetaTensor (pytorch issue 117026),
     and image, label and pred carry the batch's meta again; training is the same as without compile."""
     from monai.data import MetaTensor
@@ -241,8 +241,13 @@ def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
         for image, label in zip(images, labels, strict=True)
     ]
     settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse, decollate=False)
+    settings["auxiliary_bn"] = auxiliary
     torch.manual_seed(0)
     network = small_unet()
+    if auxiliary:  # the compiled network switches to the twins for the copies as the eager one does
+        from monai_advseg.networks import convert_to_auxiliary_bn
+
+        convert_to_auxiliary_bn(network)
     plain = copy.deepcopy(network)
     seen = []
     network.register_forward_pre_hook(lambda module, args: seen.append(type(args[0])))
@@ -257,6 +262,9 @@ def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
     _trainer(plain, loader=loader, **settings).run()
     for name, value in _parameters(plain).items():
         torch.testing.assert_close(_parameters(network)[name], value, rtol=1e-5, atol=1e-6)
+    twins = [m.auxiliary_bn for m in network.modules() if hasattr(m, "auxiliary_bn")]
+    assert len(twins) == (6 if auxiliary else 0)
+    assert all(int(twin.num_batches_tracked) == 2 for twin in twins)  # the compiled copies went through the twins
 
 
 # ------------------------------------------------------------------------------------------- auxiliary batch norm
