@@ -341,10 +341,15 @@ def _robust(row: dict) -> float:
 
 def headline(results: dict) -> list[str]:
     """The page's first lines: the best recipe for clean accuracy, for robustness and for both, per data set, and
-    whether any recipe reproduces paper A's accuracy gain (a clean IoU above the U-Net's, paired 95 % CI above 0)."""
+    whether any recipe reproduces paper A's accuracy gain (a clean IoU above the U-Net's, paired 95 % CI above 0).
+    Robustness is the mean Dice under the four evaluation attacks."""
     lines = []
+    planned = len(results["config"]["seeds"])
     for dataset, summary in results["summary"].items():
-        recipes = {key: row for key, row in summary.items() if key != "none" and len(row["seeds"]) >= 2}
+        # only recipes with every planned seed compete (a partial one's mean is over other seeds than its rivals');
+        # with none complete, those with at least two seeds
+        recipes = {key: row for key, row in summary.items() if key != "none" and len(row["seeds"]) == planned}
+        recipes = recipes or {k: row for k, row in summary.items() if k != "none" and len(row["seeds"]) >= 2}
         if "none" not in summary or not recipes:
             lines.append(f"- **{dataset}:** too few runs for a comparison (see the tables).")
             continue
@@ -368,7 +373,8 @@ def headline(results: dict) -> list[str]:
         delta = recipes[accurate]["vs_unet:iou"]
         effect = auxiliary_effect(results["runs"], dataset)
         lines += [
-            f"- **{dataset}** (U-Net: clean IoU {_ci(unet['iou@clean'])}, robust Dice {_robust(unet):.3f}):",
+            f"- **{dataset}** (U-Net: clean IoU {_ci(unet['iou@clean'])}, robust Dice {_robust(unet):.3f}; among the"
+            f" {len(recipes)} recipes with {len(next(iter(recipes.values()))['seeds'])} seeds):",
             f"  - best clean accuracy: `{accurate}`, IoU {_ci(recipes[accurate]['iou@clean'])}, "
             f"{_ci(delta, signed=True)} vs the U-Net (paired by seed, n={delta[2]}).",
             f"  - best robustness: `{robust}`, mean Dice under the four attacks {_robust(recipes[robust]):.3f} "

@@ -56,8 +56,17 @@ _CLASSES: dict[type, type] = {}
 
 def _converted_class(cls: type) -> type:
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(f"Auxiliary{cls.__name__}", (_WithAuxiliaryBatchNorm, cls), {})
+        name = f"Auxiliary{cls.__name__}"
+        converted = type(name, (_WithAuxiliaryBatchNorm, cls), {"__module__": __name__, "__qualname__": name})
+        _CLASSES[cls] = converted
+        if name not in globals():  # importable by name, so that a whole converted network pickles (torch.save)
+            globals()[name] = converted
     return _CLASSES[cls]
+
+
+# torch's own batch norms get their converted classes at import time, so unpickling finds them in a fresh process
+for _cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
+    _converted_class(_cls)
 
 
 def _strip_twin(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:

@@ -121,3 +121,13 @@ def test_sync_batch_norm_keeps_its_class_and_converting_twice_changes_nothing():
     convert_to_auxiliary_bn(network)
     assert len(list(network.parameters())) == count
     assert copy.deepcopy(network).state_dict().keys() == network.state_dict().keys()
+
+
+def test_a_whole_converted_network_pickles_and_keeps_its_twins(tmp_path):
+    network = convert_to_auxiliary_bn(small_unet())
+    torch.save(network, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+    assert list(auxiliary_bn_layers(loaded)) == list(auxiliary_bn_layers(network))
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad(), auxiliary_bn(loaded.eval()):
+        assert loaded(x).shape == (1, 2, 32, 32)
