@@ -77,6 +77,7 @@ def test_nlce_unet_trains_and_its_checkpoint_loads_for_inference(slices, tmp_pat
     )
     trainer = flow.parser.get_parsed_content("train#trainer")
     assert type(trainer.network).__name__ == "NLCEUNet"
+    assert trainer.auxiliary_bn  # the default with online copies (docs/results/adversarial_augmentation.md)
     output = trainer.state.output[-1]
     for name in ("loss", "loss_clean", "loss_fgsm", "loss_inverse_fgsm"):  # online FGSM + inverse FGSM by default
         assert np.isfinite(float(output[name])), name
@@ -187,6 +188,7 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     items = flow.parser.get_parsed_content("train#items")
     assert len(items) == len(train_items) + len(datalist)
     assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
+    assert flow.parser.get_parsed_content("train#trainer").auxiliary_bn is False  # the default follows online
 
     # the README's second stage, as documented: `--online false` alone into the stage-1 ckpt_dir is refused ...
     stage_one = trained / "models" / "model.pt"
