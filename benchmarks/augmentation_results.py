@@ -465,7 +465,8 @@ def markdown(results: dict, name: str) -> str:
         " plain MONAI UNet. Metrics: per-image foreground Dice and IoU on the test split (images without"
         " foreground left out). Attacks: untargeted FGSM at 8 and 25.5 levels, and the NLCE paper's targeted"
         " I-FGSM (towards the inverse mask, one-level steps, Kurakin's step count) at 2 and 8 levels. The"
-        " offline (two-stage) variants of the previous version of this page are not rerun here.",
+        " offline (two-stage) variants and the FGSM sweep of the previous version of this page (git commit 5834a22,"
+        " 20 epochs, same data) are not rerun here.",
         "",
     ]
     attack_columns = [f"Dice {name.replace('ifgsm_t', 'I-FGSM-t').replace('fgsm', 'FGSM')}" for name in METRICS[1:]]
