@@ -17,6 +17,7 @@ from pathlib import Path
 MODULES = (
     "monai_advseg.attacks",
     "monai_advseg.transforms",
+    "monai_advseg.networks.auxiliary_bn",
     "monai_advseg.networks.blocks",
     "monai_advseg.networks.nets",
     "monai_advseg.inferers",

@@ -16,6 +16,7 @@ from monai.utils.enums import CommonKeys as Keys
 from monai_advseg.attacks import fgsm_pair, signed_step
 from monai_advseg.attacks.validation import check_clip_range
 from monai_advseg.engines.flags import as_flag
+from monai_advseg.networks.auxiliary_bn import auxiliary_bn, auxiliary_bn_layers
 
 __all__ = ["AUGMENTATIONS", "AdversarialAugmentationTrainer", "online_augmentations", "parse_augmentations"]
 
@@ -60,6 +61,18 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     separate attack (:func:`monai_advseg.attacks.fgsm_pair`) with the network in eval mode and ``attack_loss_fn``.
     Either way batch-norm running statistics are updated by the clean and the copy passes only, never by an attack.
 
+    ``auxiliary_bn=True`` (AdvProp, Xie et al. 2020) sends the copies through the twins that
+    :func:`monai_advseg.networks.convert_to_auxiliary_bn` gives every batch-norm layer; the clean pass, the attack
+    of ``reuse_gradient=False``, evaluation and inference use the main batch norm only. The FGSM and inverse-FGSM
+    copies share one twin per layer: both are the clean image plus a +-eps sign pattern (the same perturbation
+    energy, so similar feature statistics), AdvProp keeps one auxiliary batch norm for all perturbed images, and a
+    shared twin sees twice the batches, so its running statistics are steadier. The copies' input gradient always
+    comes from the **main** batch norm: with ``reuse_gradient=True`` it is the clean pass's own gradient (free, and
+    adversarial for the network that is evaluated and deployed), with ``reuse_gradient=False`` the eval-mode attack
+    sees the main running statistics, as every evaluation attack does. (AdvProp crafts its examples through the
+    auxiliary batch norm instead; that costs one more forward/backward per iteration and attacks a network nobody
+    deploys.)
+
     AMP: ``amp=True`` autocasts on the engine's device type (float16 + ``GradScaler`` on CUDA, bfloat16 without a
     scaler on CPU). ``engine.state.output`` holds ``image``, ``label``, ``pred`` (clean), ``loss`` and ``loss_clean``,
     ``loss_fgsm``, ``loss_inverse_fgsm`` (each the unweighted mean loss of that pass). ``loss`` is always the whole
@@ -81,10 +94,14 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         loss_weights: weight per augmentation name (default 1.0 each).
         reuse_gradient: take the input gradient from the clean backward pass (see above).
         attack_loss_fn: loss of the separate attack when ``reuse_gradient=False`` (default summed cross-entropy).
+        auxiliary_bn: pass the copies through the auxiliary batch norm (see above); the network must have been
+            converted with :func:`~monai_advseg.networks.convert_to_auxiliary_bn` before the optimizer was built.
         All other arguments are :class:`monai.engines.SupervisedTrainer`'s.
 
     Raises:
-        ValueError: on unknown augmentation names, negative epsilon, bad ``clip_range`` or weights.
+        ValueError: on unknown augmentation names, negative epsilon, bad ``clip_range`` or weights; with
+            ``auxiliary_bn`` without online augmentations, on a network without twins or with an optimizer that does
+            not train them.
     """
 
     def __init__(
@@ -96,6 +113,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         loss_weights: Mapping[str, float] | None = None,
         reuse_gradient: bool = True,
         attack_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        auxiliary_bn: bool | str = False,
         **kwargs: Any,
     ) -> None:
         self.augmentations = parse_augmentations(augmentations)
@@ -112,7 +130,10 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             raise ValueError(f"loss_weights must be >= 0, got {self.loss_weights}")
         self.reuse_gradient = as_flag(reuse_gradient, "reuse_gradient")
         self.attack_loss_fn = attack_loss_fn
+        self.auxiliary_bn = as_flag(auxiliary_bn, "auxiliary_bn")
         super().__init__(*args, **kwargs)
+        if self.auxiliary_bn:
+            self._check_auxiliary_bn()
         device = torch.device(self.state.device) if self.state.device is not None else torch.device("cpu")
         self.amp_device_type = device.type
 
@@ -121,6 +142,31 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         CUDA, and no scaler for bfloat16 autocast on CPU."""
         self.scaler = torch.amp.GradScaler("cuda") if self.amp and self.amp_device_type == "cuda" else None
         Workflow.run(self)
+
+    def _check_auxiliary_bn(self) -> None:
+        if not self.augmentations:
+            raise ValueError(
+                "auxiliary_bn=True needs online copies (augmentations fgsm, inverse_fgsm or both with online=true), "
+                "got none: offline copies come mixed with the originals, so no batch could go to the twins"
+            )
+        layers = auxiliary_bn_layers(self.network)
+        if not layers:
+            raise ValueError(
+                f"auxiliary_bn=True needs a network converted with monai_advseg.networks.convert_to_auxiliary_bn "
+                f"(before building the optimizer); {type(self.network).__name__} has no auxiliary batch norm"
+            )
+        trained = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        untrained = [
+            name
+            for name, layer in layers.items()
+            for p in layer.auxiliary_bn.parameters()
+            if p.requires_grad and id(p) not in trained
+        ]
+        if untrained:
+            raise ValueError(
+                f"auxiliary_bn=True but the optimizer does not train the twins of {untrained[:3]}"
+                f"{'...' if len(untrained) > 3 else ''}: convert the network before building the optimizer"
+            )
 
     def _autocast(self):
         if not self.amp:
@@ -207,7 +253,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             copies = engine._copies(plain_inputs, targets, clean_inputs.grad)
 
         for name, image in (copies or {}).items():
-            with engine._autocast():
+            with engine._autocast(), auxiliary_bn(engine.network, engine.auxiliary_bn):
                 copy_loss = engine.loss_function(engine.inferer(image, engine.network, *args, **kwargs), targets).mean()
             engine.state.output[f"loss_{name}"] = copy_loss.detach()
             objective = objective + engine.loss_weights[name] * copy_loss.detach() / weight_total

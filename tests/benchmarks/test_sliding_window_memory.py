@@ -46,7 +46,8 @@ def test_a_tiny_run_prints_the_key_line_last():
     )
     rows = part["figures"]["rows"]
     assert [(r["volume"], r["windows"]) for r in rows] == [("48x32x32", 2)]
-    assert all(r["naive_mib"] > 0 and r["streamed_mib"] > 0 and r["time_ratio"] > 0 for r in rows)
+    # a tiny volume may grow the resident set by less than the allocator's granularity: 0 MiB is a valid reading
+    assert all(r["naive_mib"] >= 0 and r["streamed_mib"] >= 0 and r["time_ratio"] > 0 for r in rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a machine without CUDA")

@@ -326,10 +326,10 @@ def test_robust_sweep_on_an_identified_series_leaks_no_identifier(trained, secre
     assert _leaks((SECRET, "ZZSECRET", SECRET_ID, INSTITUTION), logs, out) == []
 
 
-@pytest.mark.parametrize("network", ["nlce_unet"])
-def test_other_network_trains_and_validates_through_the_bundle(network, data, tmp_path):
+@pytest.mark.parametrize("network, auxiliary_bn", [("nlce_unet", "false"), ("nlce_unet", "true")])
+def test_other_network_trains_and_validates_through_the_bundle(network, auxiliary_bn, data, tmp_path):
     """``network=nlce_unet`` (3D): one training iteration and one sliding-window validation, a checkpoint that
-    loads into that network."""
+    loads into that network (strictly also with ``--auxiliary_bn true``: the 3D twins are not in it)."""
     tiny = {f"network_choices#{network}#channels": [8, 16, 32], f"network_choices#{network}#strides": [2, 2]}
     flow = run_workflow(
         BUNDLE,
@@ -338,8 +338,11 @@ def test_other_network_trains_and_validates_through_the_bundle(network, data, tm
         network=network,
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "eval"),
+        auxiliary_bn=auxiliary_bn,
         **{**SMALL, **tiny},
     )
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert any(hasattr(m, "auxiliary_bn") for m in trainer.network.modules()) == (auxiliary_bn == "true")
     net = flow.parser.get_parsed_content("network_def")
     assert type(net).__name__ == "NLCEUNet"
     assert flow.parser.get_parsed_content("train#trainer").state.iteration == 1

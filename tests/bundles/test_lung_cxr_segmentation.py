@@ -121,11 +121,24 @@ def test_plateau_schedule_steps_on_the_epoch_mean_training_loss(cxr, tmp_path):
     assert flow.parser.get_parsed_content("lr_scheduler").best == pytest.approx(epoch_loss, rel=1e-6)
 
 
-def test_online_adversarial_augmentation_trains_the_deep_supervision_network(cxr, tmp_path):
+@pytest.mark.parametrize("auxiliary_bn", ["false", "true"])
+def test_online_adversarial_augmentation_trains_the_deep_supervision_network(cxr, tmp_path, auxiliary_bn):
     flow = run_workflow(
-        BUNDLE, ["train.json"], dataset_dir=str(cxr), ckpt_dir=str(tmp_path), augmentation="both", **SMALL
+        BUNDLE,
+        ["train.json"],
+        dataset_dir=str(cxr),
+        ckpt_dir=str(tmp_path),
+        augmentation="both",
+        auxiliary_bn=auxiliary_bn,
+        **SMALL,
     )
-    output = flow.parser.get_parsed_content("train#trainer").state.output[0]
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    # with --auxiliary_bn true the copies trained the twins; model.pt is the plain network either way
+    twins = [m.auxiliary_bn for m in trainer.network.modules() if hasattr(m, "auxiliary_bn")]
+    assert bool(twins) == (auxiliary_bn == "true") and all(int(t.num_batches_tracked) > 0 for t in twins)
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    flow.parser.get_parsed_content("network_def").load_state_dict(state)  # strict
+    output = trainer.state.output[0]
     for name in ("loss_clean", "loss_fgsm", "loss_inverse_fgsm"):
         assert np.isfinite(float(output[name])), name
     assert output["loss_fgsm"] > output["loss_inverse_fgsm"]  # FGSM ascends the loss, inverse FGSM descends it

@@ -20,6 +20,7 @@ from bundle_helpers import (
 from monai.transforms import LoadImage
 from PIL import Image
 
+import monai_advseg.networks
 from monai_advseg.workflows import PROPERTIES_FILE
 
 BUNDLE = "lung_lesion_ct_segmentation"
@@ -80,6 +81,7 @@ def test_nlce_unet_trains_and_its_checkpoint_loads_for_inference(slices, tmp_pat
     )
     trainer = flow.parser.get_parsed_content("train#trainer")
     assert type(trainer.network).__name__ == "NLCEUNet"
+    assert trainer.auxiliary_bn  # the default with online copies (docs/results/adversarial_augmentation.md)
     output = trainer.state.output[-1]
     for name in ("loss", "loss_clean", "loss_fgsm", "loss_inverse_fgsm"):  # online FGSM + inverse FGSM by default
         assert np.isfinite(float(output[name])), name
@@ -91,6 +93,44 @@ def test_nlce_unet_trains_and_its_checkpoint_loads_for_inference(slices, tmp_pat
     network.eval()
     with torch.no_grad():
         assert network(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_auxiliary_bn_cli_trains_one_epoch_and_the_model_loads_into_the_plain_network(slices, tmp_path):
+    """``--auxiliary_bn true`` through the CLI on real slices: the copies train the twins, model.pt is the plain
+    network (strict load into inference.json's network_def, same eval output as the trained network's main batch
+    norm), and the resume checkpoint keeps the twins so that a second epoch resumes from them."""
+    settings = dict(dataset_dir=slices, ckpt_dir=tmp_path / "models", output_dir=tmp_path / "eval")
+    result = bundle_cli(
+        *bundle_run_args(BUNDLE, **settings, spatial_size="[32, 32]", batch_size=2, epochs=1, auxiliary_bn="true")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    infer = workflow(BUNDLE, ["inference.json"], "infer", dataset_dir=str(slices), **SMALL_INFER)
+    plain = infer.parser.get_parsed_content("network_def")
+    plain.load_state_dict(state)  # strict: the twins are not in the file
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    twins = checkpoint["auxiliary_bn"]
+    assert twins and all(int(twin["num_batches_tracked"]) == 2 * 3 for twin in twins.values())  # 2 copies x 3 batches
+    assert all(int(checkpoint["network"][f"{name}.num_batches_tracked"]) == 3 for name in twins)  # clean batches
+
+    flow = run_workflow(
+        BUNDLE,
+        ["train.json"],
+        **{k: str(v) for k, v in settings.items()},
+        **{**SMALL, "epochs": 2},
+        auxiliary_bn=True,
+        resume=True,
+    )
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and trainer.auxiliary_bn
+    network = trainer.network
+    resumed = {name: layer.auxiliary_bn for name, layer in monai_advseg.networks.auxiliary_bn_layers(network).items()}
+    assert all(int(twin.num_batches_tracked) == 2 * 3 * 2 for twin in resumed.values())  # the twins were restored
+    x = torch.rand(2, 1, 32, 32)
+    final = torch.load(tmp_path / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)["network"]
+    plain.load_state_dict(final)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), network.cpu().eval()(x), rtol=0, atol=0)
 
 
 def test_evaluate_reports_dice_and_jaccard(slices, trained, tmp_path):
@@ -152,6 +192,7 @@ def test_generate_adversarial_copies_then_train_offline(slices, trained, tmp_pat
     items = flow.parser.get_parsed_content("train#items")
     assert len(items) == len(train_items) + len(datalist)
     assert flow.parser.get_parsed_content("train#trainer").augmentations == ()
+    assert flow.parser.get_parsed_content("train#trainer").auxiliary_bn is False  # the default follows online
 
     # the README's second stage, as documented: `--online false` alone into the stage-1 ckpt_dir is refused ...
     stage_one = trained / "models" / "model.pt"
@@ -225,6 +266,8 @@ def test_robust_evaluate_writes_the_sweep_report(slices, trained, tmp_path):
         ({"epsilon": -0.1}, "epsilon must be a number >= 0"),
         ({"dataset_dir": "/nonexistent/medseg"}, "/nonexistent/medseg: data set folder not found"),
         ({"online": "maybe"}, "online must be true or false"),
+        ({"auxiliary_bn": "maybe"}, "auxiliary_bn must be true or false, got 'maybe'"),
+        ({"auxiliary_bn": "true", "augmentation": "none"}, "auxiliary_bn=True needs online copies"),
     ],
 )
 def test_bad_configuration_fails_before_training(slices, tmp_path, overrides, message):

@@ -229,8 +229,8 @@ def test_accumulation_without_augmentation_matches_supervised_trainer():
         assert torch.allclose(value.float(), theirs.state_dict()[key].float(), atol=1e-6), key
 
 
-@pytest.mark.parametrize("reuse", [True, False])
-def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
+@pytest.mark.parametrize("reuse, auxiliary", [(True, False), (False, False), (True, True)])
+def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse, auxiliary):
     """compile=True as in SupervisedTrainer: the compiled network never gets a MetaTensor (pytorch issue 117026),
     and image, label and pred carry the batch's meta again; training is the same as without compile."""
     from monai.data import MetaTensor
@@ -241,8 +241,13 @@ def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
         for image, label in zip(images, labels, strict=True)
     ]
     settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse, decollate=False)
+    settings["auxiliary_bn"] = auxiliary
     torch.manual_seed(0)
     network = small_unet()
+    if auxiliary:  # the compiled network switches to the twins for the copies as the eager one does
+        from monai_advseg.networks import convert_to_auxiliary_bn
+
+        convert_to_auxiliary_bn(network)
     plain = copy.deepcopy(network)
     seen = []
     network.register_forward_pre_hook(lambda module, args: seen.append(type(args[0])))
@@ -257,3 +262,170 @@ def test_compiled_network_sees_plain_tensors_and_outputs_keep_the_meta(reuse):
     _trainer(plain, loader=loader, **settings).run()
     for name, value in _parameters(plain).items():
         torch.testing.assert_close(_parameters(network)[name], value, rtol=1e-5, atol=1e-6)
+    twins = [m.auxiliary_bn for m in network.modules() if hasattr(m, "auxiliary_bn")]
+    assert len(twins) == (6 if auxiliary else 0)
+    assert all(int(twin.num_batches_tracked) == 2 for twin in twins)  # the compiled copies went through the twins
+
+
+# ------------------------------------------------------------------------------------------- auxiliary batch norm
+def _batch_norms(network) -> dict[str, torch.nn.Module]:
+    return {n: m for n, m in network.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def _running(layers) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    return {n: (m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for n, m in layers.items()}
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_auxiliary_twins_see_only_the_copies_and_the_main_batch_norm_only_the_clean_batch(reuse, device):
+    """One iteration: the main running statistics are those of the clean batch alone (a plain network's after a
+    clean-only forward), the twins' are those of the two copies (a plain network's after forwarding them)."""
+    from monai_advseg.networks import auxiliary_bn_layers, convert_to_auxiliary_bn
+
+    torch.manual_seed(0)
+    start = small_unet()
+    network = convert_to_auxiliary_bn(copy.deepcopy(start))
+    settings = dict(augmentations="both", epsilon=0.05, clip_range=(0, 1), reuse_gradient=reuse, auxiliary_bn=True)
+    trainer = _trainer(network, device, **settings)
+    inputs, _ = _record_calls(network)
+    trainer.run()
+    copies = inputs[-2:]  # the last two forwards are the FGSM and inverse-FGSM copies
+    layers = auxiliary_bn_layers(network)
+    assert all(int(m.num_batches_tracked) == 1 for m in layers.values())
+    assert all(int(m.auxiliary_bn.num_batches_tracked) == 2 for m in layers.values())
+
+    clean_only = copy.deepcopy(start).to(device).train()
+    copies_only = copy.deepcopy(start).to(device).train()
+    images, _ = disk_batch(4, seed=2)
+    with torch.no_grad():
+        clean_only(images.to(device))
+        for image in copies:
+            copies_only(image)
+    expected_main, expected_twin = _running(_batch_norms(clean_only)), _running(_batch_norms(copies_only))
+    for name, layer in layers.items():
+        for got, want in zip(_running({name: layer})[name], expected_main[name], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for got, want in zip(_running({name: layer.auxiliary_bn})[name], expected_twin[name], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_auxiliary_bn_checkpoint_loads_strictly_into_the_plain_network_with_the_same_eval_outputs(tmp_path):
+    from monai_advseg.networks import convert_to_auxiliary_bn
+
+    torch.manual_seed(0)
+    network = convert_to_auxiliary_bn(small_unet())
+    trainer = _trainer(network, loader=_batches_loader(3), augmentations="both", epsilon=0.05, auxiliary_bn=True)
+    trainer.run()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    plain = small_unet()
+    plain.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True), strict=True)
+    images, _ = disk_batch(4, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(images), network.eval()(images), rtol=0, atol=0)
+    # and the twins did train: they differ from the main batch norm they were copied from
+    assert any(
+        not torch.equal(layer.weight, layer.auxiliary_bn.weight)
+        for layer in network.modules()
+        if hasattr(layer, "auxiliary_bn")
+    )
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_auxiliary_bn_keeps_the_loss_and_event_semantics(reuse, device):
+    from monai_advseg.networks import convert_to_auxiliary_bn
+
+    network = convert_to_auxiliary_bn(small_unet())
+    trainer = _trainer(
+        network, device, augmentations="both", epsilon=0.05, reuse_gradient=reuse, auxiliary_bn=True, amp=True
+    )
+    fired, at_loss = [], {}
+    trainer.add_event_handler(
+        IterationEvents.LOSS_COMPLETED,
+        lambda e: at_loss.update({k: float(v) for k, v in e.state.output.items() if k.startswith("loss")}),
+    )
+    for event in (
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+    ):
+        trainer.add_event_handler(event, lambda e, name=event.name: fired.append(name))
+    trainer.run()
+    assert fired == ["FORWARD_COMPLETED", "LOSS_COMPLETED", "BACKWARD_COMPLETED", "MODEL_COMPLETED"]
+    assert set(at_loss) == {"loss", "loss_clean", "loss_fgsm", "loss_inverse_fgsm"}
+    expected = (at_loss["loss_clean"] + at_loss["loss_fgsm"] + at_loss["loss_inverse_fgsm"]) / 3
+    assert at_loss["loss"] == pytest.approx(expected, rel=1e-5) and math.isfinite(at_loss["loss"])
+    assert at_loss["loss_fgsm"] > at_loss["loss_inverse_fgsm"]
+
+
+def test_auxiliary_bn_resumes_to_the_same_weights(tmp_path):
+    """Two epochs in one go equal one epoch, a weights-only checkpoint (network + twins + optimizer), then one more."""
+    from monai_advseg.networks import AuxiliaryBatchNormState, convert_to_auxiliary_bn
+
+    def fresh(start):
+        network = convert_to_auxiliary_bn(copy.deepcopy(start))
+        return network, torch.optim.Adam(network.parameters(), lr=1e-3)
+
+    def run(network, optimizer, epochs):
+        loss = torch.nn.CrossEntropyLoss()
+        AdversarialAugmentationTrainer(
+            device=torch.device("cpu"),
+            max_epochs=epochs,
+            train_data_loader=_batches_loader(2),
+            network=network,
+            optimizer=optimizer,
+            loss_function=lambda pred, label: loss(pred, label[:, 0].long()),
+            augmentations="both",
+            epsilon=0.05,
+            auxiliary_bn=True,
+        ).run()
+
+    torch.manual_seed(0)
+    start = small_unet()
+    straight, straight_optimizer = fresh(start)
+    run(straight, straight_optimizer, 2)
+
+    first, first_optimizer = fresh(start)
+    run(first, first_optimizer, 1)
+    state = {
+        "network": first.state_dict(),
+        "auxiliary_bn": AuxiliaryBatchNormState(first).state_dict(),
+        "optimizer": first_optimizer.state_dict(),
+    }
+    torch.save(state, tmp_path / "checkpoint.pt")
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    resumed, resumed_optimizer = fresh(small_unet())
+    resumed.load_state_dict(state["network"], strict=True)
+    AuxiliaryBatchNormState(resumed).load_state_dict(state["auxiliary_bn"])
+    resumed_optimizer.load_state_dict(state["optimizer"])
+    run(resumed, resumed_optimizer, 1)
+    for (name, got), want in zip(resumed.named_parameters(), straight.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    for name, want in AuxiliaryBatchNormState(straight).state_dict().items():
+        got = AuxiliaryBatchNormState(resumed).state_dict()[name]
+        for key in want:
+            torch.testing.assert_close(got[key].float(), want[key].float(), msg=f"{name}.{key}")
+
+
+def test_auxiliary_bn_needs_a_converted_network_whose_twins_the_optimizer_trains():
+    from monai_advseg.networks import convert_to_auxiliary_bn
+
+    with pytest.raises(ValueError, match="UNet has no auxiliary batch norm"):
+        _trainer(small_unet(), auxiliary_bn=True)
+    network = small_unet()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.01)  # built before the conversion: misses the twins
+    convert_to_auxiliary_bn(network)
+    with pytest.raises(ValueError, match="optimizer does not train the twins"):
+        AdversarialAugmentationTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=_loader(),
+            network=network,
+            optimizer=optimizer,
+            loss_function=torch.nn.CrossEntropyLoss(),
+            auxiliary_bn=True,
+        )
+    with pytest.raises(ValueError, match="auxiliary_bn must be true or false"):
+        _trainer(small_unet(), auxiliary_bn="sometimes")
+    with pytest.raises(ValueError, match="needs online copies"):
+        _trainer(convert_to_auxiliary_bn(small_unet()), augmentations="none", auxiliary_bn=True)

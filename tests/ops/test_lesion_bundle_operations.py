@@ -117,6 +117,22 @@ def test_torchrun_training_shards_the_data_and_saves_plain_checkpoints(ddp_train
     assert _epoch(torch.load(out / "models" / "checkpoint.pt", weights_only=True)) == 1
 
 
+@pytest.mark.parametrize("reuse", ["true", "false"])
+def test_torchrun_training_with_auxiliary_bn_saves_plain_checkpoints_and_trained_twins(slices, tmp_path, reuse):
+    """DDP with --auxiliary_bn true (find_unused_parameters: the clean pass leaves the twins out, the copies the main
+    batch norm): model.pt and the network in checkpoint.pt load strictly into the plain network; the twins, saved
+    beside it for resuming, have seen the copies of both ranks' batches."""
+    args = _bundle_args(slices, tmp_path, "train.json", "multi_gpu_train.json")
+    _torchrun(*args, "--epochs", "1", "--auxiliary_bn", "true", "--reuse_gradient", reuse)
+    checkpoint = torch.load(tmp_path / "models" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    for state in (torch.load(tmp_path / "models" / "model.pt", weights_only=True), checkpoint["network"]):
+        _plain_network().load_state_dict(state)  # strict: no twin and no "module." key
+    twins = checkpoint["auxiliary_bn"]
+    assert twins and all(int(twin["num_batches_tracked"]) == 2 for twin in twins.values())  # FGSM + inverse copy
+    main = checkpoint["network"]
+    assert all(int(main[f"{name}.num_batches_tracked"]) == 1 for name in twins)  # the clean batch only
+
+
 def test_robustness_sweep_on_two_ranks_equals_one_rank(slices, ddp_trained, tmp_path):
     models = ddp_trained[0] / "models"
     # multi_gpu_train.json gives the process group, device and DDP network; the shipped multi_gpu_robust_evaluate.json
