@@ -355,6 +355,19 @@ def _empty_case_curve(report: dict[str, Any]) -> tuple[int, list[float], list[fl
     )
 
 
+def _reference_curves(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Row columns drawn beside a single sweep's Dice: members (dotted) and diagnostics' references (dashed, x)."""
+    last = report["metrics"][-1] if report.get("metrics") else {}
+    members = [(k, {"linestyle": ":"}) for k in last if k.startswith("mean_dice_")]
+    references = [(k, {"linestyle": "--", "marker": "x"}) for k in ("noise_dice", "transfer_dice", "black_box_dice")]
+    return members + [(k, style) for k, style in references if k in last]
+
+
+def _row_curve(report: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    rows = [r for r in report["metrics"] if r["setting"] != "clean" and r.get(key) is not None]
+    return [float(r["eps_levels"]) for r in rows], [float(r[key]) for r in rows]
+
+
 def plot_robustness(
     reports: Sequence[dict[str, Any]],
     path: str | Path,
@@ -394,6 +407,10 @@ def plot_robustness(
             axis.plot(levels, values, marker="o", markersize=3, color=colour, label=label)
             if clean is not None and math.isfinite(clean):
                 axis.axhline(clean, color=colour, linestyle="--", linewidth=1, label=f"{label} clean")
+        if len(reports) == 1:  # one sweep: its ensemble members and the diagnostics' references, thin, on Dice
+            for key, style in _reference_curves(report):
+                levels, values = _row_curve(report, key)
+                axes[0].plot(levels, values, linewidth=0.8, markersize=3, label=key.replace("mean_dice_", ""), **style)
         empty = _empty_case_curve(report)
         if empty is not None:  # Dice cannot see these cases; show what the attack predicted on them
             count, levels, shares = empty
