@@ -146,3 +146,16 @@ def test_build_diagnostics_judges_from_the_arrays():
     assert result["noise"]["passed"] is False and result["noise"]["at_eps_levels"] == 16.0
     assert result["noise"]["largest_advantage"] == pytest.approx(0.5)
     assert result["unbounded"] == {"passed": None, "skipped": "not run"}
+
+
+def test_gallery_shows_a_3d_case_through_its_structures_centre():
+    import numpy as np
+
+    from monai_advseg.handlers import centre_slice
+
+    label = np.zeros((8, 8, 10), dtype=np.int64)
+    label[2:5, 2:5, 6:9] = 1  # foreground slices 6, 7, 8 along the last axis: centre 7
+    image = np.arange(8 * 8 * 10, dtype=np.float32).reshape(1, 8, 8, 10)
+    view, index = centre_slice(image, label)
+    assert index == 7 and view.shape == (8, 8) and np.array_equal(view, image[0, :, :, 7])
+    assert centre_slice(image, np.zeros_like(label))[1] == 5  # no foreground: the middle slice
