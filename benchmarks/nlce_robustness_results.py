@@ -99,7 +99,22 @@ def load_split(size: int) -> tuple[list[dict], list[dict]]:
     return load(train), load(test)
 
 
-def train(name: str, data: list[dict], epochs: int, seed: int) -> tuple[torch.nn.Module, list[float], float]:
+def train(
+    name: str, data: list[dict], epochs: int, seed: int, augmentations: str = "none", epsilon: float = 0.1
+) -> tuple[torch.nn.Module, list[float], float]:
+    """Train one network with the recipe above; ``augmentations`` / ``epsilon`` add online FGSM copies (0..1 units).
+
+    Args:
+        name: a :func:`make_network` choice.
+        data: the training items.
+        epochs: number of epochs.
+        seed: the determinism seed.
+        augmentations: the trainer's online augmentations ("none" is the paper's recipe).
+        epsilon: the augmentation strength in input units.
+
+    Returns:
+        The network in eval mode, the epoch mean losses and the training wall time (s).
+    """
     set_determinism(seed=seed)
     network = make_network(name)
     loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0), weights=[0.25] * 5)
@@ -113,7 +128,9 @@ def train(name: str, data: list[dict], epochs: int, seed: int) -> tuple[torch.nn
         network=network,
         optimizer=optimizer,
         loss_function=loss,
-        augmentations="none",
+        augmentations=augmentations,
+        epsilon=epsilon,
+        clip_range=(0.0, 1.0),
         decollate=False,
     )
     losses: list[float] = []

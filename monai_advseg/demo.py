@@ -3,7 +3,9 @@
 ``python -m monai_advseg demo --output_dir ./demo_out`` works offline with no data of its own: it builds a small
 synthetic CT-like 2D data set in Hounsfield units (MONAI's ``create_test_image_2d`` blobs as lesions in soft tissue,
 with noise), windows it to [0, 1], trains the three models, runs the NLCE paper's targeted I-FGSM sweep on each with
-:class:`~monai_advseg.engines.RobustnessEvaluator`, prints the Dice-vs-epsilon table and writes the comparison figure.
+:class:`~monai_advseg.engines.RobustnessEvaluator`, then the worst case (``attack="worst_case"``, small: a few APGD
+steps, a few eps, the first test cases) with its gradient-masking diagnostics beside it, prints both tables and
+writes the comparison figure.
 ``--dataset_dir`` runs it on real ``images/`` + ``masks/`` folders instead (8-bit slices, window 0..255; masks
 {0, 255} or {0, 1}). Every slice and mask is checked before anything is written or replaced
 (:func:`~monai_advseg.data.check_slice_datalist`); bad input ends the command with one ``error:`` line per problem and
@@ -28,11 +30,11 @@ from monai.networks.nets import UNet
 from monai.transforms import LoadImage
 from monai.utils import set_determinism
 
-from monai_advseg.attacks import PAPER_EPSILON_LEVELS
+from monai_advseg.attacks import PAPER_EPSILON_LEVELS, WorstCaseSpec
 from monai_advseg.cli import DEBUG_HELP, entry_point
 from monai_advseg.data import InputError, check_slice_datalist, paired_folder_datalist, split_datalist
-from monai_advseg.engines import AdversarialAugmentationTrainer, RobustnessEvaluator
-from monai_advseg.handlers import save_atomically
+from monai_advseg.engines import AdversarialAugmentationTrainer, GradientMaskingDiagnostics, RobustnessEvaluator
+from monai_advseg.handlers import report_verdict, save_atomically
 from monai_advseg.networks.nets import NLCEUNet
 
 __all__ = ["DemoSettings", "main", "run_demo", "synthetic_ct_slices"]
@@ -52,6 +54,10 @@ class DemoSettings:
         self.test_cases = 4 if quick else 16
         self.epochs = 1 if quick else 6
         self.epsilons: tuple[float, ...] = (0.5, 4.0, 16.0) if quick else PAPER_EPSILON_LEVELS
+        # The worst case, kept to seconds on 2 CPU cores: a few eps, the first test cases, 5 APGD / SegPGD steps.
+        self.worst_epsilons: tuple[float, ...] = (4.0, 16.0) if quick else (4.0, 16.0, 32.0)
+        self.worst_cases = 2 if quick else 4
+        self.apgd_steps = 5
 
 
 def synthetic_ct_slices(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +189,8 @@ def run_demo(
         elif path.exists():
             path.unlink()
     print(f"data: {source}; {len(train_x)} train / {len(test_x)} test, {settings.size}x{settings.size}", flush=True)
-    reports = {}
+    reports, worst = {}, {}
+    surrogate = None  # the plain U-Net, once trained: the other models' transfer check
     for name in MODELS:
         start = time.time()
         print(f"training {name} (augmentation: {MODELS[name]}) ...", flush=True)
@@ -203,11 +210,34 @@ def run_demo(
         evaluator.run()
         save_atomically(network.state_dict(), output_dir / name / "model.pt")
         reports[name] = evaluator.results
+        print(f"worst case of {name} on {settings.worst_cases} test cases with diagnostics ...", flush=True)
+        cases = [{"image": x, "label": y} for x, y in zip(test_x, test_y, strict=True)][: settings.worst_cases]
+        worst_case = RobustnessEvaluator(
+            device=torch.device("cpu"),
+            val_data_loader=DataLoader(cases, batch_size=4),
+            network=network,
+            epsilons=settings.worst_epsilons,
+            intensity_range=(0.0, 1.0),
+            attack=WorstCaseSpec(apgd_steps=settings.apgd_steps, segpgd_steps=settings.apgd_steps),
+            diagnostics=GradientMaskingDiagnostics(
+                surrogate=surrogate, black_box_cases=min(2, settings.worst_cases), black_box_queries=100
+            ),
+            output_dir=output_dir / name / "worst_case",
+            progress=None,
+            config={"demo": True, "model": name, "data": source, "seed": seed, "cases": settings.worst_cases},
+        )
+        worst_case.run()
+        worst[name] = worst_case.results
+        if surrogate is None:
+            surrogate = build_network(name)
+            surrogate.load_state_dict(network.state_dict())
+            surrogate.eval()
         print(f"  {name} done in {time.time() - start:.0f} s", flush=True)
     figure = compare([output_dir / name / "robustness.json" for name in MODELS], output_dir / "comparison.png")
     print_table(reports)
-    print(f"reports in {output_dir}; comparison figure {figure}")
-    return reports
+    print_worst_case(reports, worst, settings)
+    print(f"reports in {output_dir} (worst case: <model>/worst_case/robustness.md); comparison figure {figure}")
+    return {name: {**reports[name], "worst_case": worst[name]} for name in reports}
 
 
 def print_table(reports: dict) -> None:
@@ -218,6 +248,31 @@ def print_table(reports: dict) -> None:
     for index, row in enumerate(rows[0]):
         label = "clean" if row["setting"] == "clean" else f"{row['eps_levels']:g}"
         print(f"{label:>6} | " + " | ".join(f"{r[index]['mean_dice']:>18.4f}" for r in rows))
+
+
+def print_worst_case(reports: dict, worst: dict, settings: DemoSettings) -> None:
+    """The paper's attack beside the worst case on the same cases' eps, and each model's verdict.
+
+    Args:
+        reports: the paper's sweeps by model.
+        worst: the worst-case reports by model.
+        settings: the run's sizes (said in the heading: the worst case here is deliberately small).
+    """
+    names = list(worst)
+    print(
+        f"\nThe honest table: paper's attack (all {settings.test_cases} test cases) vs worst case (first "
+        f"{settings.worst_cases} cases; {settings.apgd_steps} APGD / SegPGD steps, a demo-sized ensemble):"
+    )
+    print(f"{'eps':>6} | " + " | ".join(f"{name + ' paper':>24} | {name + ' worst':>24}" for name in names))
+    for level in settings.worst_epsilons:
+        cells = []
+        for name in names:
+            paper = next(r for r in reports[name]["metrics"] if r["eps_levels"] == level and r["setting"] != "clean")
+            low = next(r for r in worst[name]["metrics"] if r["eps_levels"] == level and r["setting"] != "clean")
+            cells.append(f"{paper['mean_dice']:>24.4f} | {low['mean_dice']:>24.4f}")
+        print(f"{level:>6g} | " + " | ".join(cells))
+    for name in names:
+        print(f"  {name}: {report_verdict(worst[name])}")
 
 
 def _earlier_outputs(output_dir: Path, overwrite: bool) -> list[Path]:
@@ -263,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     replace = _earlier_outputs(args.output_dir, args.overwrite)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     reports = run_demo(args.output_dir, args.dataset_dir, args.quick, args.seed, replace=replace)
-    summary = {name: report["metrics"] for name, report in reports.items()}
+    summary = {
+        name: {"paper": report["metrics"], "worst_case": report["worst_case"]["metrics"]}
+        | {"diagnostics": report["worst_case"]["diagnostics"]}
+        for name, report in reports.items()
+    }
     (args.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0

@@ -22,6 +22,7 @@ from monai_advseg.attacks.losses import (
     per_sample_cross_entropy,
     summed_cross_entropy,
 )
+from monai_advseg.attacks.queries import random_search, true_class_probability, uniform_noise
 from monai_advseg.attacks.schedule import PAPER_EPSILON_LEVELS, kurakin_steps, kurakin_steps_for, levels_to_epsilon
 from monai_advseg.attacks.specs import (
     ATTACK_SPECS,
@@ -29,7 +30,9 @@ from monai_advseg.attacks.specs import (
     AttackSpec,
     FGSMSpec,
     IterativeFGSMSpec,
+    NoiseSpec,
     PGDSpec,
+    RandomSearchSpec,
     SegPGDSpec,
     WorstCaseSpec,
     build_attack_spec,
@@ -56,7 +59,9 @@ __all__ = [
     "FGSMSpec",
     "IterativeFGSMSpec",
     "PAPER_EPSILON_LEVELS",
+    "NoiseSpec",
     "PGDSpec",
+    "RandomSearchSpec",
     "SegPGDSpec",
     "StepContext",
     "StepRule",
@@ -77,6 +82,9 @@ __all__ = [
     "levels_to_epsilon",
     "pgd",
     "project",
+    "random_search",
+    "true_class_probability",
+    "uniform_noise",
     "segpgd",
     "segpgd_loss",
     "segpgd_step_loss",

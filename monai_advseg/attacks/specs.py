@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from monai_advseg.attacks.iterative import _iterate, segpgd_step_loss
+from monai_advseg.attacks.queries import random_search, uniform_noise
 from monai_advseg.attacks.schedule import kurakin_steps_for, levels_to_epsilon
 from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
 from monai_advseg.attacks.targets import inverse_mask
@@ -29,7 +30,9 @@ __all__ = [
     "AttackSpec",
     "FGSMSpec",
     "IterativeFGSMSpec",
+    "NoiseSpec",
     "PGDSpec",
+    "RandomSearchSpec",
     "SegPGDSpec",
     "WORST_CASE_MEMBERS",
     "WorstCaseSpec",
@@ -51,12 +54,15 @@ class AttackSpec:
         targeted: the loss is descended towards :meth:`target` instead of ascended.
         random: the attack draws random numbers and needs a generator (seeded by the evaluator).
         shares_trajectories: the strengths of an image share their work (a report note, not a switch).
+        diagnostics: the evaluator runs the gradient-masking diagnostics with this attack unless told otherwise
+            (the worst case does: a claim of robustness needs them).
     """
 
     name: str = "custom"
     targeted: bool = False
     random: bool = False
     shares_trajectories: bool = False
+    diagnostics: bool = False
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The label the attack loss compares with (default: the ground truth itself)."""
@@ -242,12 +248,83 @@ class SegPGDSpec(PGDSpec):
         return segpgd_step_loss(targeted=False)
 
 
+class NoiseSpec(AttackSpec):
+    """Uniform noise in the eps ball, one draw per image and strength (``"uniform_noise"``; no gradient).
+
+    Args:
+        alpha_levels, steps: accepted for the registry's common signature; must stay 1.0 / None.
+    """
+
+    name = "uniform_noise"
+    random = True
+
+    def __init__(self, alpha_levels: float = 1.0, steps: int | None = None) -> None:
+        if float(alpha_levels) != 1.0 or steps is not None:
+            raise ValueError(
+                f"attack 'uniform_noise' takes no steps: got alpha_levels={alpha_levels!r}, steps={steps!r}"
+            )
+
+    def step_counts(self, levels: Sequence[float]) -> list[int]:
+        return [0 for _ in levels]
+
+    def sweep(self, network, image, target, levels, *, intensity_range, max_batch=None, generator=None):
+        lo_hi = (float(intensity_range[0]), float(intensity_range[1]))
+        images, _, epsilon, _ = repeat_for_sweep(image, target, levels_to_epsilon(list(levels), lo_hi))
+        return uniform_noise(images, epsilon, clip_range=lo_hi, generator=generator).reshape(len(levels), *image.shape)
+
+
+class RandomSearchSpec(AttackSpec):
+    """Score-based black-box search (Square-attack style, :func:`~monai_advseg.attacks.queries.random_search`).
+
+    It reads only the network's outputs (softmax probability of the true class), ``queries`` forwards per image and
+    strength (``"random_search"``).
+
+    Args:
+        queries: forwards per image and strength.
+        p_init: the first window's share of the image.
+        alpha_levels, steps: accepted for the registry's common signature; ``steps`` given sets ``queries``.
+    """
+
+    name = "random_search"
+    random = True
+
+    def __init__(self, queries: int = 300, p_init: float = 0.8, alpha_levels: float = 1.0, steps: int | None = None):
+        self.queries = int(steps if steps is not None else queries)
+        if self.queries < 0:
+            raise ValueError(f"random_search: queries must be >= 0, got {self.queries!r}")
+        self.p_init = float(p_init)
+
+    def step_counts(self, levels: Sequence[float]) -> list[int]:
+        return [0 for _ in levels]  # forwards only: no input gradient
+
+    def describe(self, intensity_range: Sequence[float], seed: int | None) -> dict[str, Any]:
+        return {**super().describe(intensity_range, seed), "queries": self.queries, "p_init": self.p_init}
+
+    def sweep(self, network, image, target, levels, *, intensity_range, max_batch=None, generator=None):
+        lo_hi = (float(intensity_range[0]), float(intensity_range[1]))
+        images, labels, epsilon, _ = repeat_for_sweep(image, target, levels_to_epsilon(list(levels), lo_hi))
+        result = random_search(
+            network,
+            images,
+            labels,
+            epsilon,
+            queries=self.queries,
+            clip_range=lo_hi,
+            generator=generator,
+            p_init=self.p_init,
+            max_batch=max_batch,
+        )
+        return result.reshape(len(levels), *image.shape)
+
+
 #: The built-in attacks by the names that bundles, command lines and reports use.
 ATTACK_SPECS: dict[str, type[AttackSpec]] = {
     "ifgsm_targeted": IterativeFGSMSpec,
     "fgsm": FGSMSpec,
     "pgd": PGDSpec,
     "segpgd": SegPGDSpec,
+    "uniform_noise": NoiseSpec,
+    "random_search": RandomSearchSpec,
     "worst_case": None,  # WorstCaseSpec, defined below
 }
 
@@ -354,6 +431,7 @@ class WorstCaseSpec(AttackSpec):
     name = "worst_case"
     random = True
     uses_scorer = True
+    diagnostics = True
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from monai_advseg.engines.adversarial_augmentation import (
     parse_augmentations,
 )
 from monai_advseg.engines.adversarial_copies import AdversarialCopyGenerator, training_items
+from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
@@ -16,6 +17,7 @@ __all__ = [
     "AUGMENTATIONS",
     "AdversarialAugmentationTrainer",
     "AdversarialCopyGenerator",
+    "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
     "as_flag",
     "end_process_group",

@@ -28,6 +28,7 @@ from torch import nn
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS, levels_to_epsilon
 from monai_advseg.attacks.gradient import eval_modes, network_logits, plain_copy, unwrap_ddp
 from monai_advseg.attacks.specs import ATTACK_SPECS, AttackSpec, build_attack_spec
+from monai_advseg.engines.diagnostics import FULL_RANGE_LEVELS, GradientMaskingDiagnostics
 from monai_advseg.handlers.robustness_report import (
     RobustnessReportWriter,
     build_robustness_report,
@@ -37,7 +38,10 @@ from monai_advseg.handlers.robustness_report import (
 from monai_advseg.handlers.safe_load import load_network_weights
 from monai_advseg.inferers import streamed_inferer
 
-__all__ = ["ATTACKS", "RobustnessEvaluator", "load_network_weights"]
+__all__ = ["ATTACKS", "GALLERY_CASES", "RobustnessEvaluator", "gallery_levels", "load_network_weights"]
+
+#: Cases whose images the evaluator keeps for the report's gallery (the first ones it sees; bounded memory).
+GALLERY_CASES = 3
 
 #: Attack names accepted by :class:`RobustnessEvaluator` (the registry :data:`~monai_advseg.attacks.ATTACK_SPECS`).
 ATTACKS: tuple[str, ...] = tuple(ATTACK_SPECS)
@@ -70,6 +74,12 @@ def _check_epsilons(epsilons: Sequence[float]) -> list[float]:
     bad = [e for e in values if not math.isfinite(e) or e < 0]
     if bad:
         raise ValueError(f"epsilons must be finite and >= 0 (0..255 levels), got {bad} in {list(epsilons)}")
+    beyond = [e for e in values if e > FULL_RANGE_LEVELS]
+    if beyond:  # a ball wider than the whole intensity range only repeats the clipping; surely a unit mistake
+        raise ValueError(
+            f"epsilons {beyond} exceed the whole intensity range ({FULL_RANGE_LEVELS:g} levels of intensity_range); "
+            "give 0..255 levels, not input units"
+        )
     if len(set(values)) != len(values):
         raise ValueError(f"epsilons must not repeat a strength, got {list(epsilons)}")
     return sorted(values)
@@ -79,6 +89,21 @@ def _check_intensity_range(intensity_range: Sequence[float]) -> tuple[float, flo
     if len(intensity_range) != 2:
         raise ValueError(f"intensity_range must be (lo, hi), got {intensity_range!r}")
     return float(intensity_range[0]), float(intensity_range[1])
+
+
+def gallery_levels(levels: Sequence[float], count: int = 3) -> list[float]:
+    """The gallery's strengths: the sweep's values nearest to 1/4, 1/2 and all of its largest (distinct, ascending).
+
+    Args:
+        levels: the sweep's strengths.
+        count: at most this many (1 .. 3).
+    """
+    positive = [e for e in levels if e > 0]
+    if not positive:
+        return []
+    top = max(positive)
+    wanted = [top / 4, top / 2, top][-count:]
+    return sorted({min(positive, key=lambda e, w=w: abs(e - w)) for w in wanted})
 
 
 def _case_ids(inputs: torch.Tensor, start: int, rank: int) -> list[str]:
@@ -154,6 +179,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         include_background: score the background class too (False suits binary tasks).
         ignore_empty: passed to ``DiceMetric`` / ``MeanIoU`` (see :meth:`scores`).
         seed: seed of the random attacks' generator, drawn afresh at every run.
+        diagnostics: the gradient-masking diagnostics (:class:`~monai_advseg.engines.GradientMaskingDiagnostics`):
+            None = run the default ones when the attack asks for them (its ``diagnostics`` attribute; the worst case
+            does), True / False = always / never, or a configured component (e.g. with a surrogate network).
         output_dir: folder for the report files; None writes none.
         overwrite: replace existing report files in ``output_dir``.
         plot: also write ``robustness.png``.
@@ -163,8 +191,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         epoch_length, non_blocking, val_handlers, to_kwargs: as in MONAI's ``SupervisedEvaluator``.
 
     Raises:
-        ValueError: on bad epsilons, an unknown attack, ``alpha_levels`` / ``steps`` the attack cannot use, a bad
-            ``max_batch`` / ``intensity_range``, or a checkpoint that does not fit.
+        ValueError: on bad epsilons (incl. above 255 levels), a surrogate whose output shape differs from the
+            model's (at the first batch, before any attack), an unknown attack, ``alpha_levels`` / ``steps`` the
+            attack cannot use, a bad ``max_batch`` / ``intensity_range``, or a checkpoint that does not fit.
         FileExistsError: when ``output_dir`` already holds a report and ``overwrite`` is False.
     """
 
@@ -185,6 +214,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         include_background: bool = False,
         ignore_empty: bool = True,
         seed: int = 0,
+        diagnostics: bool | GradientMaskingDiagnostics | None = None,
         output_dir: str | Path | None = None,
         overwrite: bool = False,
         plot: bool = True,
@@ -210,6 +240,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.progress = progress
         self.extra_config = dict(config or {})
         self.results: dict[str, Any] | None = None
+        if diagnostics is None:
+            diagnostics = bool(getattr(self.attack_spec, "diagnostics", False))
+        if isinstance(diagnostics, bool):
+            diagnostics = GradientMaskingDiagnostics() if diagnostics else None
+        self.diagnostics = diagnostics
+        if diagnostics is not None:
+            diagnostics.check_levels(self.epsilon_levels)
+        self.gallery_levels = gallery_levels(self.epsilon_levels)
         if output_dir is not None:
             check_report_dir(output_dir, overwrite)
             if plot:
@@ -245,7 +283,15 @@ class RobustnessEvaluator(SupervisedEvaluator):
         return self.attack_spec.step_counts(self.epsilon_levels)
 
     def attack_sweep(
-        self, image: torch.Tensor, label: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        num_classes: int,
+        generator: torch.Generator | None = None,
+        *,
+        levels: Sequence[float] | None = None,
+        spec: AttackSpec | None = None,
+        network: nn.Module | None = None,
     ) -> torch.Tensor:
         """Adversarial images of a batch at every epsilon of the sweep.
 
@@ -254,28 +300,34 @@ class RobustnessEvaluator(SupervisedEvaluator):
             label: ground truth, class indices ``(B, 1, *spatial)`` or one-hot.
             num_classes: classes including background (2 for a 1-channel sigmoid network).
             generator: random source of a random attack.
+            levels: other strengths than the sweep's (the diagnostics' eps = whole range); None = the sweep's.
+            spec: another attack component than the evaluator's (the diagnostics' references); None = its own.
+            network: attack this network (through the evaluator's inferer) instead of the model, e.g. a surrogate.
 
         Returns:
-            ``(E, B, C, *spatial)``, index ``e`` holding the images attacked at ``self.epsilon_levels[e]``.
+            ``(E, B, C, *spatial)``, index ``e`` holding the images attacked at ``levels[e]``.
         """
-        target = plain_copy(self.attack_spec.target(label, num_classes))
+        spec = self.attack_spec if spec is None else spec
+        attacked = self.attacked if network is None else _InferredNetwork(unwrap_ddp(network), self.inferer)
+        target = plain_copy(spec.target(label, num_classes))
         extra: dict[str, Any] = {}
-        if getattr(self.attack_spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
+        if getattr(spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
             extra = {
                 "scorer": lambda logits, truth: self.scores(logits, truth, num_classes),
                 "seed": self.seed,
                 "num_classes": num_classes,
             }
-        return self.attack_spec.sweep(
-            self.attacked,
-            plain_copy(image),
-            target,
-            self.epsilon_levels,
-            intensity_range=self.intensity_range,
-            max_batch=self.max_batch,
-            generator=generator,
-            **extra,
-        )
+        with eval_modes(attacked):
+            return spec.sweep(
+                attacked,
+                plain_copy(image),
+                target,
+                self.epsilon_levels if levels is None else [float(e) for e in levels],
+                intensity_range=self.intensity_range,
+                max_batch=self.max_batch,
+                generator=generator,
+                **extra,
+            )
 
     def scores(self, logits: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
         """Per-case scores of a batch of logits.
@@ -293,20 +345,24 @@ class RobustnessEvaluator(SupervisedEvaluator):
             indices = AsDiscrete(threshold=0.5)(torch.sigmoid(logits.float()))
         else:
             indices = AsDiscrete(argmax=True, dim=1)(logits)
-        prediction = AsDiscrete(to_onehot=num_classes, dim=1)(indices)
+        # MONAI's transforms return MetaTensors; the metrics run on plain ones (the attacks call this every step, and
+        # MetaTensor dispatch made the scoring a quarter of the worst case's time).
+        prediction = AsDiscrete(to_onehot=num_classes, dim=1)(indices).as_subclass(torch.Tensor)
         if label.shape[1] not in (1, num_classes):
             raise ValueError(
                 f"label has {label.shape[1]} channels; expected 1 (class indices) or {num_classes} (one-hot) for a "
                 f"network with {num_classes} classes"
             )
         truth = label.float() if label.shape[1] == num_classes else AsDiscrete(to_onehot=num_classes, dim=1)(label)
-        truth = truth.to(prediction.device)
+        truth = truth.as_subclass(torch.Tensor).to(prediction.device)
         result = {}
         for name, metric in (("dice", self._dice), ("jaccard", self._jaccard)):
             values = metric(y_pred=prediction, y=truth)
             metric.reset()
-            result[name] = torch.nanmean(values.float(), dim=1).cpu()
-        result["foreground"] = (1 - prediction[:, 0].flatten(1).float().mean(dim=1)).as_subclass(torch.Tensor).cpu()
+            # Plain tensors: a MetaTensor score leaked into the attacks' picks (torch.where) and so into their
+            # iterates, and every layer then dispatched through MetaTensor (the worst case ran 2.4x its passes).
+            result[name] = torch.nanmean(values.float(), dim=1).as_subclass(torch.Tensor).cpu()
+        result["foreground"] = (1 - prediction[:, 0].flatten(1).float().mean(dim=1)).cpu()
         return result
 
     def _forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -331,15 +387,22 @@ class RobustnessEvaluator(SupervisedEvaluator):
             clean_logits = self._forward(plain_copy(inputs))
             self.attack_spec.check_network(clean_logits.shape[1])
             num_classes = max(2, clean_logits.shape[1])
+            if self.diagnostics is not None and not self._cases:  # bad input fails before the first attack
+                self.diagnostics.check_surrogate(clean_logits, inputs)
             columns = [self.scores(clean_logits, targets, num_classes)]
             self._seconds[0] += time.perf_counter() - began
             began = time.perf_counter()
             adversarial = self.attack_sweep(inputs, targets, num_classes, self._generator)
             attack_seconds = time.perf_counter() - began
+            predictions = []
             for sweep_index in range(len(self.epsilons)):
                 began = time.perf_counter()
-                columns.append(self.scores(self._forward(adversarial[sweep_index]), targets, num_classes))
+                logits = self._forward(adversarial[sweep_index])
+                columns.append(self.scores(logits, targets, num_classes))
                 self._seconds[1 + sweep_index] += time.perf_counter() - began
+                if self.epsilon_levels[sweep_index] in self.gallery_levels and len(self._gallery) < GALLERY_CASES:
+                    predictions.append(logits)
+            self._keep_gallery(inputs, targets, clean_logits, adversarial, predictions)
         # One call attacked every strength: its time is shared by the strengths' gradient steps.
         steps = torch.tensor(self.step_counts(), dtype=torch.float64)
         shares = steps / steps.sum() if bool(steps.sum() > 0) else torch.full_like(steps, 1 / len(steps))
@@ -352,12 +415,49 @@ class RobustnessEvaluator(SupervisedEvaluator):
         )
         if details:
             self._details.append(_per_case_details(details, inputs.shape[0], len(self.epsilons)))
+        if self.diagnostics is not None:  # after the details: the references may run the same component again
+            began = time.perf_counter()
+            with eval_modes(self.attacked):
+                self.diagnostics.collect(self, inputs, targets, num_classes, self._generator)
+            self._diagnostics_seconds += time.perf_counter() - began
         self._cases.extend(_case_ids(inputs, len(self._cases), self.state.rank))
         for key, values in output.items():
             self._rows[key].append(values)
         self._empty.append(self._no_foreground(targets, num_classes))
         engine.state.output = {"image": inputs, "label": targets, "pred": clean_logits, **output}
         return engine.state.output
+
+    def _keep_gallery(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        clean_logits: torch.Tensor,
+        adversarial: torch.Tensor,
+        predictions: list[torch.Tensor],
+    ) -> None:
+        """Keep the first :data:`GALLERY_CASES` cases' images and predictions at the gallery strengths (CPU)."""
+        take = min(image.shape[0], GALLERY_CASES - len(self._gallery))
+        if take <= 0 or not predictions:
+            return
+        columns = [self.epsilon_levels.index(e) for e in self.gallery_levels]
+
+        def labels_of(logits: torch.Tensor) -> torch.Tensor:
+            if logits.shape[1] == 1:
+                return (torch.sigmoid(logits.float()) >= 0.5).long()[:, 0]
+            return logits.argmax(dim=1)
+
+        truth = label[:, 0] if label.shape[1] == 1 else label.argmax(dim=1)
+        for b in range(take):
+            self._gallery.append(
+                {
+                    "image": plain_copy(image[b]).detach().cpu().float().numpy(),
+                    "label": truth[b].detach().cpu().long().numpy(),
+                    "clean_prediction": labels_of(clean_logits[b : b + 1])[0].cpu().numpy(),
+                    "eps_levels": list(self.gallery_levels),
+                    "adversarial": [plain_copy(adversarial[c, b]).detach().cpu().float().numpy() for c in columns],
+                    "adversarial_prediction": [labels_of(p[b : b + 1])[0].cpu().numpy() for p in predictions],
+                }
+            )
 
     @staticmethod
     def _no_foreground(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -369,6 +469,10 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._rows: dict[str, list[torch.Tensor]] = {"dice": [], "jaccard": [], "foreground": []}
         self._empty: list[torch.Tensor] = []
         self._details: list[dict[str, Any]] = []
+        self._gallery: list[dict[str, Any]] = []
+        self._diagnostics_seconds = 0.0
+        if self.diagnostics is not None:
+            self.diagnostics.reset()
         self._seconds = torch.zeros(1 + len(self.epsilons), dtype=torch.float64)
         self._started = time.perf_counter()
         self._generator = torch.Generator().manual_seed(self.seed) if self.attack_spec.random else None
@@ -399,6 +503,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         arrays["empty"] = torch.cat(self._empty) if self._empty else torch.empty(0, dtype=torch.bool)
         cases, seconds = self._cases, self._seconds
         details = _merge_details(self._details)
+        diagnostics = None
+        if self.diagnostics is not None:  # this rank's cases (under DDP: rank 0's cases go into the report)
+            diagnostics = self.diagnostics.report(self, arrays["dice"][:, 0], arrays["dice"][:, 1:])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             cases, arrays, seconds, details = self._gather(cases, arrays, seconds, details)
         network = unwrap_ddp(self.network)
@@ -425,8 +532,11 @@ class RobustnessEvaluator(SupervisedEvaluator):
             },
             total_seconds=time.perf_counter() - self._started,
             attack_details=details,
+            diagnostics=diagnostics,
+            diagnostics_seconds=self._diagnostics_seconds if diagnostics is not None else None,
         )
         engine.state.robustness = self.results
+        engine.state.robustness_gallery = self._gallery
         engine.state.metrics.update(self._state_metrics())
 
     @staticmethod

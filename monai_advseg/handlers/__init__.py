@@ -9,7 +9,9 @@ from monai_advseg.handlers.checkpoint import (
     check_checkpoint_files,
     save_atomically,
 )
+from monai_advseg.handlers.diagnostics import DIAGNOSTICS, build_diagnostics, diagnostics_verdict
 from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, saved_image_files
+from monai_advseg.handlers.report_card import centre_slice, plot_gallery, report_markdown, report_verdict
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
     RobustnessReportWriter,
@@ -28,6 +30,13 @@ from monai_advseg.handlers.safe_load import (
 )
 
 __all__ = [
+    "DIAGNOSTICS",
+    "build_diagnostics",
+    "diagnostics_verdict",
+    "centre_slice",
+    "plot_gallery",
+    "report_markdown",
+    "report_verdict",
     "REPORT_FILES",
     "RobustnessReportWriter",
     "build_robustness_report",

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monai_advseg.handlers.report_card import plot_gallery, report_markdown
+
 if TYPE_CHECKING:  # ignite pulls in torch; the report command line only needs matplotlib
     from ignite.engine import Engine
 
@@ -31,8 +33,16 @@ __all__ = [
     "write_robustness_reports",
 ]
 
-#: The files one sweep writes into its report folder.
-REPORT_FILES: tuple[str, ...] = ("robustness.csv", "robustness_cases.csv", "robustness.json", "robustness.png")
+#: The files one sweep writes into its report folder (the figures only with ``plot``; the gallery when the run kept
+#: images): the overwrite check covers all of them.
+REPORT_FILES: tuple[str, ...] = (
+    "robustness.csv",
+    "robustness_cases.csv",
+    "robustness.json",
+    "robustness.md",
+    "robustness.png",
+    "robustness_gallery.png",
+)
 
 SUMMARY_COLUMNS = (
     "setting",
@@ -87,6 +97,8 @@ def build_robustness_report(
     config: dict[str, Any],
     total_seconds: float,
     attack_details: dict[str, Any] | None = None,
+    diagnostics: dict[str, dict[str, Any]] | None = None,
+    diagnostics_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The sweep's report (``robustness.json``'s content) from its per-case arrays; a pure function.
 
@@ -106,10 +118,15 @@ def build_robustness_report(
         total_seconds: wall time of the whole evaluation.
         attack_details: for an ensemble (``worst_case``): ``{"winner": (N, E) member names (None: no member beat the
             clean image), "member_dice": {member: (N, E) scores, NaN where the member did not run}}``; adds the
-            per-case ``attack`` and ``dice_<member>`` and the per-row ``wins_<member>`` columns.
+            per-case ``attack`` and ``dice_<member>`` and the per-row ``wins_<member>`` / ``mean_dice_<member>``
+            columns.
+        diagnostics: :func:`~monai_advseg.handlers.diagnostics.build_diagnostics`' block; its per-eps references
+            become the row columns ``noise_dice`` / ``transfer_dice`` / ``black_box_dice``.
+        diagnostics_seconds: wall time of the diagnostics (not part of the attack's timings).
 
     Returns:
-        ``{"format", "config", "attack", "epsilons", "metrics", "cases", "n_cases", "timings", "versions"}``.
+        ``{"format", "config", "attack", "epsilons", "metrics", "cases", "n_cases", "timings", "versions"}``, plus
+        ``"diagnostics"`` when given.
     """
     import monai
     import numpy as np
@@ -149,6 +166,14 @@ def build_robustness_report(
             for name in names:
                 wins = sum(1 for row in attack_details["winner"] if column and row[column - 1] == name)
                 rows[-1][f"wins_{name}"] = wins
+            for name in names:
+                values = np.asarray(attack_details["member_dice"][name], dtype=np.float64)
+                rows[-1][f"mean_dice_{name}"] = _summary(values[:, column - 1])[0] if column else mean_dice
+        for key in ("noise", "transfer", "black_box"):
+            entry = (diagnostics or {}).get(key, {})
+            if entry.get("passed") is not None:
+                by_level = dict(zip(entry["eps_levels"], entry[f"{key}_dice"], strict=True))
+                rows[-1][f"{key}_dice"] = by_level.get(level) if column else None
     per_case = [
         {
             "case": case,
@@ -163,7 +188,7 @@ def build_robustness_report(
         for column in range(len(levels))
         for i, case in enumerate(cases)
     ]
-    return {
+    report = {
         "format": REPORT_FORMAT,
         "config": {
             **config,
@@ -190,6 +215,10 @@ def build_robustness_report(
             "python": platform.python_version(),
         },
     }
+    if diagnostics is not None:
+        report["diagnostics"] = diagnostics
+        report["timings"]["diagnostics_seconds"] = diagnostics_seconds
+    return report
 
 
 def require_matplotlib() -> Any:
@@ -326,6 +355,19 @@ def _empty_case_curve(report: dict[str, Any]) -> tuple[int, list[float], list[fl
     )
 
 
+def _reference_curves(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Row columns drawn beside a single sweep's Dice: members (dotted) and diagnostics' references (dashed, x)."""
+    last = report["metrics"][-1] if report.get("metrics") else {}
+    members = [(k, {"linestyle": ":"}) for k in last if k.startswith("mean_dice_")]
+    references = [(k, {"linestyle": "--", "marker": "x"}) for k in ("noise_dice", "transfer_dice", "black_box_dice")]
+    return members + [(k, style) for k, style in references if k in last]
+
+
+def _row_curve(report: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    rows = [r for r in report["metrics"] if r["setting"] != "clean" and r.get(key) is not None]
+    return [float(r["eps_levels"]) for r in rows], [float(r[key]) for r in rows]
+
+
 def plot_robustness(
     reports: Sequence[dict[str, Any]],
     path: str | Path,
@@ -365,6 +407,10 @@ def plot_robustness(
             axis.plot(levels, values, marker="o", markersize=3, color=colour, label=label)
             if clean is not None and math.isfinite(clean):
                 axis.axhline(clean, color=colour, linestyle="--", linewidth=1, label=f"{label} clean")
+        if len(reports) == 1:  # one sweep: its ensemble members and the diagnostics' references, thin, on Dice
+            for key, style in _reference_curves(report):
+                levels, values = _row_curve(report, key)
+                axes[0].plot(levels, values, linewidth=0.8, markersize=3, label=key.replace("mean_dice_", ""), **style)
         empty = _empty_case_curve(report)
         if empty is not None:  # Dice cannot see these cases; show what the attack predicted on them
             count, levels, shares = empty
@@ -395,15 +441,21 @@ def plot_robustness(
 
 
 def write_robustness_reports(
-    results: dict[str, Any], output_dir: str | Path, overwrite: bool = False, plot: bool = True
+    results: dict[str, Any],
+    output_dir: str | Path,
+    overwrite: bool = False,
+    plot: bool = True,
+    gallery: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Write ``robustness.csv``, ``robustness_cases.csv``, ``robustness.json`` and (``plot``) ``robustness.png``.
+    """Write ``robustness.csv``, ``robustness_cases.csv``, ``robustness.json``, ``robustness.md`` and (``plot``)
+    ``robustness.png`` and, with ``gallery`` cases, ``robustness_gallery.png``.
 
     Args:
         results: ``RobustnessEvaluator.results``.
         output_dir: report folder (created if missing).
         overwrite: replace an existing report in that folder.
-        plot: also write the figure (needs matplotlib).
+        plot: also write the figures (needs matplotlib).
+        gallery: cases kept by the evaluator (``engine.state.robustness_gallery``) for the example gallery.
 
     Returns:
         ``{file name: path}`` of the written files.
@@ -421,12 +473,15 @@ def write_robustness_reports(
             _csv_bytes(results.get("cases", []), _with_extra_columns(results.get("cases", []), CASE_COLUMNS)),
         ),
         ("robustness.json", json.dumps(_json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
+        ("robustness.md", report_markdown(results).encode()),
     ):
         _atomic_write(folder / name, data)
         written[name] = folder / name
     if plot:
         title = f"{results.get('config', {}).get('network', '')} under {results.get('attack', {}).get('name', '')}"
         written["robustness.png"] = plot_robustness([results], folder / "robustness.png", labels=["model"], title=title)
+        if gallery:
+            written["robustness_gallery.png"] = plot_gallery(gallery, folder / "robustness_gallery.png", title=title)
     return written
 
 
@@ -459,4 +514,10 @@ class RobustnessReportWriter:
             raise RuntimeError("RobustnessReportWriter: engine.state.robustness is missing; attach it to a sweep")
         if getattr(engine.state, "rank", 0) != 0:
             return
-        self.paths = write_robustness_reports(results, self.output_dir, overwrite=self.overwrite, plot=self.plot)
+        self.paths = write_robustness_reports(
+            results,
+            self.output_dir,
+            overwrite=self.overwrite,
+            plot=self.plot,
+            gallery=getattr(engine.state, "robustness_gallery", None),
+        )

@@ -300,3 +300,14 @@ def test_datalist_json_replaces_the_folder_pairing(cxr, tmp_path):
     assert f"{datalist} [training]: 1 path(s) do not exist: image={tmp_path / 'gone.png'}" in "".join(
         str(e) for e in _chain(error.value)
     )
+
+
+def test_robust_evaluate_by_name_worst_case_writes_the_report_card_with_diagnostics(cxr, trained, tmp_path):
+    overrides = dict(dataset_dir=str(cxr), ckpt_dir=str(trained / "models"), output_dir=str(tmp_path), **SMALL)
+    run_workflow(BUNDLE, ["train.json", "robust_evaluate.json"], epsilons=[8], attack="worst_case", **overrides)
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    assert report["attack"]["name"] == "worst_case" and "wins_apgd_js" in report["metrics"][1]
+    assert report["diagnostics"]["transfer"]["passed"] is None  # no surrogate configured: skipped, with the reason
+    assert {report["diagnostics"][name]["passed"] for name in ("monotone", "unbounded", "noise")} <= {True, False}
+    card = (tmp_path / "robustness.md").read_text()
+    assert "## Gradient-masking diagnostics" in card and (tmp_path / "robustness_gallery.png").stat().st_size > 0

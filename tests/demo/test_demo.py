@@ -27,15 +27,20 @@ def test_demo_quick_run_leaves_reports_and_figure(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dice under the targeted I-FGSM attack" in result.stdout
+    assert "The honest table: paper's attack" in result.stdout and "worst case (first 2 cases" in result.stdout
     for name in ("unet", "unet_fgsm_inverse", "nlce_unet"):
         report = json.loads((output / name / "robustness.json").read_text())
         levels = [row["eps_levels"] for row in report["metrics"]]
         assert levels == [0.0, 0.5, 4.0, 16.0]
         assert (output / name / "robustness.png").stat().st_size > 0
         assert set(torch.load(output / name / "model.pt", weights_only=True))  # a readable state dict
+        worst = json.loads((output / name / "worst_case" / "robustness.json").read_text())
+        assert worst["attack"]["name"] == "worst_case" and set(worst["diagnostics"]) >= {"noise", "unbounded"}
+        assert (output / name / "worst_case" / "robustness.md").read_text().startswith("# Robustness report")
     assert (output / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((output / "summary.json").read_text())
     assert set(summary) == {"unet", "unet_fgsm_inverse", "nlce_unet"}
+    assert set(summary["unet"]) == {"paper", "worst_case", "diagnostics"}
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert (
         again.returncode == 1
@@ -61,7 +66,7 @@ def test_demo_on_real_slices_with_dataset_dir(shared_dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"data: {data}" in printed
     summary = json.loads((output / "summary.json").read_text())
-    for name, rows in summary.items():
+    for name, runs in summary.items():
         report = json.loads((output / name / "robustness.json").read_text())
         assert report["config"]["data"] == str(data)
-        assert [row["mean_dice"] for row in rows] == [row["mean_dice"] for row in report["metrics"]]
+        assert [row["mean_dice"] for row in runs["paper"]] == [row["mean_dice"] for row in report["metrics"]]

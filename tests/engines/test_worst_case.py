@@ -41,6 +41,7 @@ def _run(network, images, labels, batch=4, max_batch=None, **spec):
         attack=attack,
         max_batch=max_batch,
         seed=7,
+        diagnostics=False,  # these tests are about the ensemble; tests/engines/test_diagnostics.py covers them
         progress=False,
     )
     evaluator.run()
