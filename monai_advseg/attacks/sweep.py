@@ -96,22 +96,19 @@ def iterative_fgsm_sweep(
     Returns:
         ``(E, B, C, *spatial)``: index ``e`` holds the batch attacked at ``epsilons[e]``.
     """
-    images, labels, epsilon, source = repeat_for_sweep(image, label, epsilons)
     counts = None if steps is None else _per_strength_steps(steps, len(epsilons), image.shape[0])
-    result = _iterate(
+    return _shared_sweep(
         network,
-        images,
-        labels,
-        epsilon,
+        image,
+        label,
+        epsilons,
         alpha=alpha,
         steps=counts,
         targeted=targeted,
         loss_fn=loss_fn,
         clip_range=clip_range,
-        share=source,
         max_batch=max_batch,
     )
-    return _as_sweep(result, len(epsilons), image)
 
 
 def fgsm_sweep(
@@ -137,21 +134,27 @@ def fgsm_sweep(
     Returns:
         ``(E, B, C, *spatial)``: index ``e`` holds the batch attacked at ``epsilons[e]``.
     """
-    images, labels, epsilon, source = repeat_for_sweep(image, label, epsilons)
     # One step of size eps is FGSM: x + eps * sign(grad), projected onto its own ball (a no-op) and clipped.
-    result = _iterate(
+    return _shared_sweep(
         network,
-        images,
-        labels,
-        epsilon,
-        alpha=epsilon,
+        image,
+        label,
+        epsilons,
+        alpha=None,
         steps=1,
         targeted=targeted,
         loss_fn=loss_fn,
         clip_range=clip_range,
-        share=source,
         max_batch=max_batch,
     )
+
+
+def _shared_sweep(network, image, label, epsilons, *, alpha, **loop) -> torch.Tensor:
+    """Every (eps, image) sample in the one loop, the strengths of an image sharing their trajectory;
+    ``alpha=None``: each sample steps by its own eps."""
+    images, labels, epsilon, source = repeat_for_sweep(image, label, epsilons)
+    step = epsilon if alpha is None else alpha
+    result = _iterate(network, images, labels, epsilon, alpha=step, share=source, **loop)
     return _as_sweep(result, len(epsilons), image)
 
 

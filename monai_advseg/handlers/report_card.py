@@ -9,7 +9,6 @@ structure's centre.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,7 +189,7 @@ def plot_gallery(cases: Sequence[dict[str, Any]], path: str | Path, title: str |
     """
     import numpy as np
 
-    from monai_advseg.handlers.robustness_report import _atomic_write, require_matplotlib
+    from monai_advseg.handlers.robustness_report import require_matplotlib, save_figure
 
     rows = [(case, e) for case in cases for e in range(len(case["eps_levels"]))]
     if not rows:
@@ -220,12 +219,4 @@ def plot_gallery(cases: Sequence[dict[str, Any]], path: str | Path, title: str |
         for axis in axes[r]:
             axis.set_xticks([])
             axis.set_yticks([])
-    if title:
-        figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
-    return path
+    return save_figure(figure, path, title, dpi=100)

@@ -429,10 +429,27 @@ def plot_robustness(
         axis.set_ylim(0, 1.02)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
+    return save_figure(figure, path, title, dpi=120)
+
+
+def save_figure(figure: Any, path: str | Path, title: str | None = None, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as a PNG atomically (creating the folder), then close it.
+
+    Args:
+        figure: the figure.
+        path: the PNG to write.
+        title: a title to set first, if any.
+        dpi: resolution.
+
+    Returns:
+        The written path.
+    """
+    import matplotlib.pyplot as plt
+
     if title:
         figure.suptitle(title)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
