@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, SHARED_DATA, _skip_or_fail
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import UNet
 
+from monai_advseg.handlers import REPORT_FILES
 from monai_advseg.robustness import main
 from monai_advseg.workflows import PROPERTIES_FILE
 
@@ -83,12 +84,7 @@ def test_spleen_zoo_bundle_sweep_in_hu_from_the_command_line(spleen, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     # 10 HU = 10 * 255 / 221 levels = 10 / 221 input units of the bundle's [0, 1] input
     assert "| attack | 11.5385 | 0.045249 | 10 |" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == [
-        "robustness.csv",
-        "robustness.json",
-        "robustness.png",
-        "robustness_cases.csv",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)  # the report card too, nothing else
     report = json.loads((out / "robustness.json").read_text())
     units = report["config"]["epsilon_units"]
     assert units["given_in"] == "hu" and units["hu"] == pytest.approx([5, 10])
