@@ -460,6 +460,10 @@ class WorstCaseSpec(AttackSpec):
         self.details: dict[str, Any] = {}
         self._channels = 2
 
+    def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
+        # Every member compares with the truth (I-FGSM derives its inverse mask); SegPGD needs class indices.
+        return label.argmax(dim=1, keepdim=True) if label.shape[1] != 1 else label
+
     def check_network(self, channels: int) -> None:
         # SegPGD's weighting needs class logits; a 1-channel (sigmoid) network skips those members (recorded).
         self._channels = channels

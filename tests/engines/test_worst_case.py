@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_models import disk_batch, trained_small_unet
 from torch import nn
 
@@ -99,3 +100,9 @@ def test_early_stop_skips_broken_cases(trained, data, ensemble):
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WorstCaseSpec(**kwargs)
+
+
+def test_one_hot_labels_give_the_same_worst_case(trained, data, ensemble):
+    images, labels = data
+    one_hot = torch.nn.functional.one_hot(labels[:, 0], 2).movedim(-1, 1).float()
+    assert _dice(_run(trained, images, one_hot, members=MEMBERS)) == _dice(ensemble)
