@@ -226,7 +226,7 @@ def apgd(
         score_fn = _objective_score(network, loss_fn, label, targeted)
     best, best_scores = None, None
     for _ in range(n_restarts):
-        tracked: dict = {}
+        scores = torch.full((image.shape[0],), math.inf, dtype=torch.float64)
         result = _iterate(
             network,
             image,
@@ -242,9 +242,8 @@ def apgd(
             step_loss=step_loss,
             step_rule=APGDStepRule(),
             max_batch=max_batch,
-            score_fn=_recording(score_fn, tracked),
+            score_fn=_recording(score_fn, scores),
         )
-        scores = tracked["scores"]
         if best is None:
             best, best_scores = result, scores
         else:
@@ -274,19 +273,12 @@ def _objective_score(network, loss_fn: LossFn, label: torch.Tensor, targeted: bo
     return score
 
 
-def _recording(score_fn: ScoreFn, tracked: dict) -> ScoreFn:
-    """``score_fn`` that also keeps every sample's lowest score (the loop's best) in ``tracked["scores"]``."""
+def _recording(score_fn: ScoreFn, lowest: torch.Tensor) -> ScoreFn:
+    """``score_fn`` that also keeps every sample's lowest score (the loop's best) in ``lowest`` (in place)."""
 
     def score(logits: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         values = score_fn(logits, samples).detach().double().cpu()
-        if "scores" not in tracked:
-            tracked["scores"] = torch.full((int(samples.max()) + 1,), math.inf, dtype=torch.float64)
-        current = tracked["scores"]
-        if int(samples.max()) >= current.numel():
-            grown = torch.full((int(samples.max()) + 1,), math.inf, dtype=torch.float64)
-            grown[: current.numel()] = current
-            tracked["scores"] = current = grown
-        current[samples] = torch.minimum(current[samples], values)
+        lowest[samples] = torch.minimum(lowest[samples], values)
         return values
 
     return score

@@ -20,6 +20,7 @@ __all__ = [
     "attack_mode",
     "ball_edges",
     "eval_modes",
+    "forward_in_chunks",
     "input_gradient",
     "network_logits",
     "plain_copy",
@@ -82,6 +83,22 @@ def network_logits(output: torch.Tensor | list | tuple | dict) -> torch.Tensor:
     if isinstance(output, (list, tuple)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"the network must return a logits tensor (B, C, *spatial), got {type(output).__name__}")
+
+
+def forward_in_chunks(module: nn.Module, images: torch.Tensor, max_batch: int | None = None) -> torch.Tensor:
+    """The main logits of ``images`` without autograd, in forwards of at most ``max_batch`` samples (None: one).
+
+    Args:
+        module: the network (or an inferer wrapped as a module).
+        images: ``(N, C, *spatial)``, N >= 1.
+        max_batch: the largest forward.
+
+    Returns:
+        ``(N, classes, *spatial)`` logits.
+    """
+    size = images.shape[0] if max_batch is None else max_batch
+    with torch.no_grad():
+        return torch.cat([network_logits(module(images[i : i + size])) for i in range(0, images.shape[0], size)])
 
 
 def plain_copy(tensor: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,8 @@ from monai_advseg.attacks.gradient import (
     LossFn,
     attack_mode,
     ball_edges,
+    forward_in_chunks,
     input_gradient,
-    network_logits,
     plain_copy,
     project,
 )
@@ -209,11 +209,9 @@ def _iterate(
                 adversarial[index] = updated
         if best is not None:
             stepped = torch.nonzero(counts > 0).flatten()
-            for start in range(0, stepped.numel(), stepped.numel() if max_batch is None else max_batch):
-                rows = stepped[start : start + (stepped.numel() if max_batch is None else max_batch)]
-                with torch.no_grad():
-                    logits = network_logits(module(adversarial[rows.to(image.device)]))
-                best.update(adversarial[rows.to(image.device)], logits, rows)
+            if stepped.numel():  # the final iterates have not been scored yet
+                final = adversarial[stepped.to(image.device)]
+                best.update(final, forward_in_chunks(module, final, max_batch), stepped)
             adversarial = best.iterates
     return adversarial
 

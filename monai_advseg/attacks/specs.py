@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_advseg.attacks.gradient import forward_in_chunks
 from monai_advseg.attacks.iterative import _iterate, segpgd_step_loss
 from monai_advseg.attacks.queries import random_search, uniform_noise
 from monai_advseg.attacks.schedule import kurakin_steps_for, levels_to_epsilon
@@ -521,11 +522,7 @@ class WorstCaseSpec(AttackSpec):
             dice, foreground = values["dice"].double(), values["foreground"].double()
             return torch.where(torch.isfinite(dice), dice, -foreground)
 
-        with torch.no_grad():
-            clean_logits = torch.cat(
-                [network(images[i : i + (max_batch or count)]) for i in range(0, count, max_batch or count)]
-            )
-        worst_score = score(clean_logits, torch.arange(count)).cpu()
+        worst_score = score(forward_in_chunks(network, images, max_batch), torch.arange(count)).cpu()
         worst = images.clone()
         winner = torch.full((count,), -1, dtype=torch.long)
         member_scores = {m: torch.full((count,), float("nan"), dtype=torch.float64) for m in self.members}
@@ -556,14 +553,7 @@ class WorstCaseSpec(AttackSpec):
                 lambda logits, local, rows=rows: score(logits, rows[local.cpu()]),
                 num_classes,
             )
-            with torch.no_grad():
-                logits = torch.cat(
-                    [
-                        network(result[i : i + (max_batch or len(rows))])
-                        for i in range(0, len(rows), max_batch or len(rows))
-                    ]
-                )
-            scores = score(logits, rows).cpu()
+            scores = score(forward_in_chunks(network, result, max_batch), rows).cpu()
             member_scores[member][rows] = scores
             better = scores < worst_score[rows]
             if bool(better.any()):

@@ -26,7 +26,7 @@ from monai.transforms import AsDiscrete
 from torch import nn
 
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS, levels_to_epsilon
-from monai_advseg.attacks.gradient import eval_modes, network_logits, plain_copy, unwrap_ddp
+from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, network_logits, plain_copy, unwrap_ddp
 from monai_advseg.attacks.specs import ATTACK_SPECS, AttackSpec, build_attack_spec
 from monai_advseg.engines.diagnostics import FULL_RANGE_LEVELS, GradientMaskingDiagnostics
 from monai_advseg.handlers.robustness_report import (
@@ -366,9 +366,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         return result
 
     def _forward(self, image: torch.Tensor) -> torch.Tensor:
-        size = image.shape[0] if self.max_batch is None else self.max_batch
-        with torch.no_grad():
-            return torch.cat([self.attacked(image[i : i + size]) for i in range(0, image.shape[0], size)])
+        return forward_in_chunks(self.attacked, image, self.max_batch)
 
     def _iteration(self, engine: RobustnessEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         """Evaluate one batch clean and at every epsilon.
