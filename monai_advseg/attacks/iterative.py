@@ -25,7 +25,7 @@ from monai_advseg.attacks.gradient import (
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps_for
 from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
-from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
+from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range, check_max_batch
 
 __all__ = ["balanced_cross_entropy", "iterative_fgsm", "pgd", "segpgd", "segpgd_loss", "segpgd_step_loss"]
 
@@ -141,8 +141,7 @@ def _iterate(
     """
     check_attack_inputs(image, label)
     clip = check_clip_range(clip_range)
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
+    check_max_batch(max_batch)
     if share is not None and random_start:
         raise ValueError("share: samples with random starts do not share trajectories")
     batch, ndim = image.shape[0], image.ndim
