@@ -160,7 +160,7 @@ def smoothed_segmentation(
     certified_radius = None if tau is None else sigma * float(torch.special.ndtri(torch.tensor(float(tau))))
 
     def classes_of(noisy: torch.Tensor) -> tuple[torch.Tensor, int]:
-        logits = network_logits(inferer(noisy, module))
+        logits = network_logits(inferer(noisy, module)).to(image.device)  # an inferer may stitch on another device
         if tuple(logits.shape[2:]) != spatial:
             raise ValueError(f"the network's output {tuple(logits.shape)} does not match the image's shape {spatial}")
         return _predicted_classes(logits).reshape(noisy.shape[0], voxels), max(2, logits.shape[1])
