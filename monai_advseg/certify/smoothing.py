@@ -171,7 +171,7 @@ def smoothed_segmentation(
     voxels = math.prod(spatial)
     labels = torch.full((image.shape[0], 1, *spatial), ABSTAIN, dtype=torch.long, device=image.device)
     radius = torch.zeros((image.shape[0], 1, *spatial), dtype=torch.float32, device=image.device)
-    certified_radius = None if tau is None else sigma * float(torch.special.ndtri(torch.tensor(float(tau))))
+    certified_radius = None if tau is None else sigma * float(torch.special.ndtri(torch.tensor(float(tau), dtype=torch.float64)))
 
     def classes_of(noisy: torch.Tensor) -> tuple[torch.Tensor, int]:
         logits = network_logits(inferer(noisy, module)).to(image.device)  # an inferer may stitch on another device
