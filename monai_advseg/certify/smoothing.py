@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 from monai.inferers import Inferer, SimpleInferer
+from scipy import stats
 from torch import nn
 
 from monai_advseg.attacks.gradient import eval_modes, network_logits, unwrap_ddp
@@ -171,7 +172,7 @@ def smoothed_segmentation(
     voxels = math.prod(spatial)
     labels = torch.full((image.shape[0], 1, *spatial), ABSTAIN, dtype=torch.long, device=image.device)
     radius = torch.zeros((image.shape[0], 1, *spatial), dtype=torch.float32, device=image.device)
-    certified_radius = None if tau is None else sigma * float(torch.special.ndtri(torch.tensor(float(tau), dtype=torch.float64)))
+    certified_radius = None if tau is None else sigma * float(stats.norm.ppf(tau))
 
     def classes_of(noisy: torch.Tensor) -> tuple[torch.Tensor, int]:
         logits = network_logits(inferer(noisy, module)).to(image.device)  # an inferer may stitch on another device
