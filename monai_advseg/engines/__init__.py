@@ -1,4 +1,4 @@
-"""MONAI engines: the adversarial-augmentation trainer, the robustness evaluator, and their distributed ending."""
+"""MONAI engines: the adversarial-augmentation trainer, the robustness and certification evaluators, and DDP ending."""
 
 from monai_advseg.engines.adversarial_augmentation import (
     AUGMENTATIONS,
@@ -7,6 +7,7 @@ from monai_advseg.engines.adversarial_augmentation import (
     parse_augmentations,
 )
 from monai_advseg.engines.adversarial_copies import AdversarialCopyGenerator, training_items
+from monai_advseg.engines.certification import CertificationEvaluator, default_radii
 from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
@@ -17,9 +18,11 @@ __all__ = [
     "AUGMENTATIONS",
     "AdversarialAugmentationTrainer",
     "AdversarialCopyGenerator",
+    "CertificationEvaluator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
     "as_flag",
+    "default_radii",
     "end_process_group",
     "load_network_weights",
     "online_augmentations",

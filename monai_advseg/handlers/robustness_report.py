@@ -243,10 +243,21 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def check_report_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+def check_report_dir(
+    output_dir: str | Path,
+    overwrite: bool = False,
+    files: Sequence[str] = REPORT_FILES,
+    what: str = "robustness report",
+) -> Path:
     """Refuse to reuse a folder that already holds a robustness report, unless ``overwrite``.
 
     Other files in the folder (logs, predictions) are left alone and do not count.
+
+    Args:
+        output_dir: the report folder.
+        overwrite: allow replacing the report.
+        files: the report's file names (default the sweep's :data:`REPORT_FILES`; the certification passes its own).
+        what: the report's name in the message.
 
     Returns:
         The folder as a ``Path``.
@@ -258,10 +269,10 @@ def check_report_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"report folder {folder} exists and is not a directory")
-    existing = [str(folder / name) for name in REPORT_FILES if (folder / name).exists()]
+    existing = [str(folder / name) for name in files if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"report folder {folder} already holds a robustness report ({', '.join(existing)}); "
+            f"report folder {folder} already holds a {what} ({', '.join(existing)}); "
             "choose another output_dir or pass overwrite=True"
         )
     return folder
