@@ -26,6 +26,7 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy, unwrap_ddp
+from monai_advseg.certify import ABSTAIN, certified_scores, smoothed_segmentation
 from monai_advseg.engines.robustness import GALLERY_CASES, RobustnessEvaluator, _case_ids, _InferredNetwork
 from monai_advseg.handlers.certification_report import (
     CertificationReportWriter,
@@ -116,7 +117,9 @@ class CertificationEvaluator(SupervisedEvaluator):
         n0: noisy samples that choose each voxel's class.
         n: noisy samples that bound each voxel's probability.
         alpha: family-wise error level of the certificate over a case's voxels, in (0, 1).
-        tau: the probability a voxel's lower bound must clear (None: 1/2, see ``smoothed_segmentation``).
+        tau: None: per-voxel Clopper-Pearson bounds with Bonferroni's correction (each certified voxel its own
+            radius); else the probability threshold in [1/2, 1) tested with Holm's correction (every certified
+            voxel gets ``sigma * Phi^-1(tau)``); see :func:`~monai_advseg.certify.smoothed_segmentation`.
         radii: L2 radii in input units at which the certificate is scored (any order, no repeats); None:
             :func:`default_radii` (0 .. 2 sigma).
         batch_size: noisy samples per forward.
@@ -240,9 +243,9 @@ class CertificationEvaluator(SupervisedEvaluator):
             decollate=False,
             to_kwargs=to_kwargs,
         )
-        # The smoothing sees x -> logits of inferer(x, network) (a deep-supervision network's first output), the
-        # attack the same through the streamed inferer; both are the same pipeline the certificate speaks about.
-        self.smoothed = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=False)
+        # The base model's scoring and the attack see x -> logits of inferer(x, network) (a deep-supervision
+        # network's first output), the attack through the streamed inferer: the pipeline the certificate is about.
+        self.scored = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=False)
         self.attacked = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=streamed_gradient)
         self.add_event_handler(Events.EPOCH_STARTED, self._start)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
@@ -256,29 +259,25 @@ class CertificationEvaluator(SupervisedEvaluator):
         self, image: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The smoothed model's certified labels and radii of a batch (``ABSTAIN`` = -1 where it abstains)."""
-        from monai_advseg.certify import smoothed_segmentation
-
-        with eval_modes(self.smoothed):
-            return smoothed_segmentation(
-                self.smoothed,
-                plain_copy(image),
-                sigma=self.sigma,
-                n0=self.n0,
-                n=self.n,
-                alpha=self.alpha,
-                tau=self.tau,
-                batch_size=self.batch_size,
-                generator=generator,
-            )
+        return smoothed_segmentation(
+            unwrap_ddp(self.network),
+            plain_copy(image),
+            sigma=self.sigma,
+            n0=self.n0,
+            n=self.n,
+            alpha=self.alpha,
+            tau=self.tau,
+            batch_size=self.batch_size,
+            inferer=self.inferer,
+            generator=generator,
+        )
 
     def _scores(self, labels, radius, truth, radii, num_classes) -> dict[str, torch.Tensor]:
-        from monai_advseg.certify import certified_scores
-
         return certified_scores(labels, radius, truth, radii, num_classes, include_background=self.include_background)
 
     def _base_dice(self, image: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The base model's Dice, scored like the certificate (every voxel counted as certified at any radius)."""
-        labels = _labels(forward_in_chunks(self.smoothed, image, self.max_batch))
+        labels = _labels(forward_in_chunks(self.scored, image, self.max_batch))
         radius = torch.full(labels.shape, math.inf, device=labels.device)
         return self._scores(labels, radius, truth, [0.0], num_classes)["dice"][:, 0]
 
@@ -311,8 +310,8 @@ class CertificationEvaluator(SupervisedEvaluator):
         ]
         inputs = plain_copy(inputs)
         began = time.perf_counter()
-        with eval_modes(self.smoothed):
-            num_classes = max(2, forward_in_chunks(self.smoothed, inputs[:1], 1).shape[1])
+        with eval_modes(self.scored):
+            num_classes = max(2, forward_in_chunks(self.scored, inputs[:1], 1).shape[1])
             truth = _class_indices(targets, num_classes).to(inputs.device)
             self._rows["base_dice"].append(self._base_dice(inputs, truth, num_classes))
         self._seconds["base_seconds"] += time.perf_counter() - began
@@ -343,14 +342,12 @@ class CertificationEvaluator(SupervisedEvaluator):
         for index, r in enumerate(self.attack_radii):
             began = time.perf_counter()
             adversarial = self._attack(image, truth, r, self._generator)
-            with eval_modes(self.smoothed):
+            with eval_modes(self.scored):
                 base.append(self._base_dice(adversarial, truth, num_classes))
             self._seconds["attack_seconds"] += time.perf_counter() - began
             began = time.perf_counter()
             attacked_labels, attacked_radius = self.certify(adversarial, self._generator)
             smoothed.append(self._scores(attacked_labels, attacked_radius, truth, [0.0], num_classes)["dice"][:, 0])
-            from monai_advseg.certify import ABSTAIN
-
             certified = (labels != ABSTAIN) & (radius >= r)
             changed = certified & (attacked_labels != ABSTAIN) & (attacked_labels != labels)
             self._flipped[index] += int(changed.sum())
@@ -422,8 +419,6 @@ class CertificationEvaluator(SupervisedEvaluator):
             cases, arrays, seconds, _ = RobustnessEvaluator._gather(cases, arrays, seconds, None)
             counts = arrays.pop("counts").sum(dim=0)
         network = unwrap_ddp(self.network)
-        from monai_advseg import certify
-
         attack = None
         if self.attack_radii:
             attack = {
@@ -453,7 +448,8 @@ class CertificationEvaluator(SupervisedEvaluator):
                 "n": self.n,
                 "alpha": self.alpha,
                 "tau": self.tau,
-                "correction": getattr(certify, "CORRECTION", "see monai_advseg.certify.smoothed_segmentation"),
+                "bound": "Clopper-Pearson lower bound per voxel" if self.tau is None else "exact binomial test",
+                "correction": "bonferroni" if self.tau is None else "holm",
                 "batch_size": self.batch_size,
                 "seed": self.seed,
                 "units": "sigma and radii in network-input units (L2 norm over the whole image)",
