@@ -263,3 +263,60 @@ def test_l2_pgd_lowers_the_base_dice_and_stays_above_the_certificate(unet):
     assert check["passed"] is True and check["flipped_certified_voxels"] == 0
     assert check["rows"][0]["certified_voxels"] > 0  # something was certified at radius 0.03 and the attack kept it
     assert rows[0.03]["certified_dice"] <= rows[0.03]["attack_dice_smoothed"]
+
+
+def _ddp_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    data = _disks(2, batch=1)[rank : rank + 1]  # rank r holds case r
+    evaluator = CertificationEvaluator(
+        "cpu",
+        data,
+        constant_network(),
+        sigma=SIGMA,
+        n0=N0,
+        n=N,
+        alpha=ALPHA,
+        radii=[0.0, 1.0],
+        attack_radii=[0.1],
+        attack_steps=1,
+        output_dir=out,
+        plot=False,
+        progress=False,
+    )
+    evaluator.run()
+    dist.destroy_process_group()
+
+
+def test_ranks_cases_are_gathered_into_one_report_written_by_rank_zero(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    out = tmp_path / "report"
+    workers = [context.Process(target=_ddp_worker, args=(r, str(tmp_path / "store"), str(out))) for r in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    report = load_certification_report(out / "certify.json")
+    single = CertificationEvaluator(
+        "cpu",
+        _disks(2, batch=1),
+        constant_network(),
+        sigma=SIGMA,
+        n0=N0,
+        n=N,
+        alpha=ALPHA,
+        radii=[0.0, 1.0],
+        attack_radii=[0.1],
+        attack_steps=1,
+        progress=False,
+    )
+    single.run()
+    assert report["n_cases"] == 2
+    assert [c["certified_dice"] for c in report["cases"]] == pytest.approx(
+        [c["certified_dice"] for c in single.results["cases"]]
+    )
+    assert report["check"]["rows"][0]["certified_voxels"] == 2 * 16 * 16  # both ranks' voxels counted
