@@ -219,12 +219,12 @@ def test_network_output_of_another_shape_is_a_value_error():
         smoothed_segmentation(pooled, torch.rand(1, 1, 8, 8), sigma=0.1, n0=2, n=4, alpha=0.1)
 
 
-@pytest.mark.parametrize("classes", [2, 3, 5])
+@pytest.mark.parametrize("classes", [2, 3, 5, 300])
 def test_predicted_classes_are_torch_argmax_ties_included(classes):
     from monai_advseg.certify.smoothing import _predicted_classes
 
     logits = torch.randint(0, 3, (4, classes, 6, 7)).float()  # few values: many ties
-    assert torch.equal(_predicted_classes(logits), logits.argmax(dim=1))
+    assert torch.equal(_predicted_classes(logits).long(), logits.argmax(dim=1))
     equal = constant_network(logits=(1.0,) * classes)
     labels, _ = smoothed_segmentation(equal, torch.rand(1, 1, 4, 4), sigma=0.1, n0=2, n=20, alpha=0.1)
     assert bool((labels == 0).all())  # a tie everywhere goes to class 0, certified
