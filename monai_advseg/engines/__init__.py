@@ -1,8 +1,11 @@
-"""MONAI engines: the adversarial-augmentation trainer, the robustness evaluator, and their distributed ending."""
+"""MONAI engines: the augmentation trainer (adversarial and noise copies), the robustness evaluator, and their
+distributed ending."""
 
 from monai_advseg.engines.adversarial_augmentation import (
     AUGMENTATIONS,
     AdversarialAugmentationTrainer,
+    adversarial_augmentations,
+    check_noise_sigma,
     online_augmentations,
     parse_augmentations,
 )
@@ -19,7 +22,9 @@ __all__ = [
     "AdversarialCopyGenerator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
+    "adversarial_augmentations",
     "as_flag",
+    "check_noise_sigma",
     "end_process_group",
     "load_network_weights",
     "online_augmentations",
