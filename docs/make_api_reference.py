@@ -16,6 +16,7 @@ from pathlib import Path
 
 MODULES = (
     "monai_advseg.attacks",
+    "monai_advseg.certify",
     "monai_advseg.transforms",
     "monai_advseg.networks.auxiliary_bn",
     "monai_advseg.networks.blocks",

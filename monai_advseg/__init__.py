@@ -1,8 +1,8 @@
 """monai_advseg: adversarial-attack-driven augmentation, NLCE networks and robustness evaluation for MONAI.
 
-Subpackages: ``attacks`` (the pure-torch attack core), ``transforms``, ``networks``, ``engines``, ``handlers``,
-``inferers``, ``data``, ``workflows``. Import what you need from them; this top level stays light so
-``import monai_advseg`` is cheap.
+Subpackages: ``attacks`` (the pure-torch attack core), ``certify`` (randomized smoothing), ``transforms``,
+``networks``, ``engines``, ``handlers``, ``inferers``, ``data``, ``workflows``. Import what you need from them; this
+top level stays light so ``import monai_advseg`` is cheap.
 """
 
 __version__ = "0.1.0"
@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 import importlib
 from typing import Any
 
-_SUBPACKAGES = ("attacks", "data", "engines", "handlers", "inferers", "networks", "transforms", "workflows")
+_SUBPACKAGES = ("attacks", "certify", "data", "engines", "handlers", "inferers", "networks", "transforms", "workflows")
 
 
 def __getattr__(name: str) -> Any:
