@@ -1,8 +1,11 @@
-"""MONAI engines: the adversarial-augmentation trainer, the robustness and certification evaluators, and DDP ending."""
+"""MONAI engines: the augmentation trainer (adversarial and noise copies), the robustness and certification
+evaluators, and their distributed ending."""
 
 from monai_advseg.engines.adversarial_augmentation import (
     AUGMENTATIONS,
     AdversarialAugmentationTrainer,
+    adversarial_augmentations,
+    check_noise_sigma,
     online_augmentations,
     parse_augmentations,
 )
@@ -21,7 +24,9 @@ __all__ = [
     "CertificationEvaluator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
+    "adversarial_augmentations",
     "as_flag",
+    "check_noise_sigma",
     "default_radii",
     "end_process_group",
     "load_network_weights",
