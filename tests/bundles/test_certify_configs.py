@@ -100,3 +100,17 @@ def test_certify_json_refuses_an_existing_report_before_it_runs(prepared, tmp_pa
         chain = chain.__cause__ or chain.__context__
     assert any(isinstance(e, FileExistsError) and "certify.json" in str(e) for e in found)
     assert (out / "certify.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("bundle", sorted(CASES))
+def test_the_certificate_sigma_defaults_to_the_training_noise_sigma(bundle):
+    from bundle_helpers import BUNDLES
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLES / bundle / "configs" / name) for name in ("train.json", "certify.json")])
+    assert parser.get_parsed_content("sigma") == parser.get_parsed_content("noise_sigma") == 0.25
+    parser["noise_sigma"] = 0.12  # --noise_sigma 0.12, as the model was trained with --augmentation gaussian
+    assert parser.get_parsed_content("certify#evaluator#sigma") == 0.12
+    assert [r.replace("::", "#") for r in parser["run"]] == ["$@certify#evaluator.run()"]
+    assert parser["check_ckpt_dir"] is None
