@@ -275,9 +275,13 @@ class CertificationEvaluator(SupervisedEvaluator):
     def _scores(self, labels, radius, truth, radii, num_classes) -> dict[str, torch.Tensor]:
         return certified_scores(labels, radius, truth, radii, num_classes, include_background=self.include_background)
 
-    def _base_dice(self, image: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+    def _base_logits(self, image: torch.Tensor) -> torch.Tensor:
+        with eval_modes(self.scored):
+            return forward_in_chunks(self.scored, image, self.max_batch)
+
+    def _base_dice(self, logits: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The base model's Dice, scored like the certificate (every voxel counted as certified at any radius)."""
-        labels = _labels(forward_in_chunks(self.scored, image, self.max_batch))
+        labels = _labels(logits)
         radius = torch.full(labels.shape, math.inf, device=labels.device)
         return self._scores(labels, radius, truth, [0.0], num_classes)["dice"][:, 0]
 
@@ -310,10 +314,10 @@ class CertificationEvaluator(SupervisedEvaluator):
         ]
         inputs = plain_copy(inputs)
         began = time.perf_counter()
-        with eval_modes(self.scored):
-            num_classes = max(2, forward_in_chunks(self.scored, inputs[:1], 1).shape[1])
-            truth = _class_indices(targets, num_classes).to(inputs.device)
-            self._rows["base_dice"].append(self._base_dice(inputs, truth, num_classes))
+        logits = self._base_logits(inputs)
+        num_classes = max(2, logits.shape[1])
+        truth = _class_indices(targets, num_classes).to(inputs.device)
+        self._rows["base_dice"].append(self._base_dice(logits, truth, num_classes))
         self._seconds["base_seconds"] += time.perf_counter() - began
         began = time.perf_counter()
         labels, radius = self.certify(inputs, self._generator)
@@ -342,8 +346,7 @@ class CertificationEvaluator(SupervisedEvaluator):
         for index, r in enumerate(self.attack_radii):
             began = time.perf_counter()
             adversarial = self._attack(image, truth, r, self._generator)
-            with eval_modes(self.scored):
-                base.append(self._base_dice(adversarial, truth, num_classes))
+            base.append(self._base_dice(self._base_logits(adversarial), truth, num_classes))
             self._seconds["attack_seconds"] += time.perf_counter() - began
             began = time.perf_counter()
             attacked_labels, attacked_radius = self.certify(adversarial, self._generator)

@@ -209,12 +209,12 @@ def test_bad_input_is_a_clear_error_before_any_forward(kwargs, message, tmp_path
     assert calls == [] and not (tmp_path / "out").exists()
 
 
-def test_an_attack_cannot_move_a_constant_network_and_the_check_passes():
+def test_an_attack_cannot_move_a_constant_network_and_the_check_passes(device):
     data = _disks(1)
     evaluator = CertificationEvaluator(
-        "cpu",
+        device,
         data,
-        constant_network(),
+        constant_network().to(device),
         sigma=SIGMA,
         n0=N0,
         n=N,
