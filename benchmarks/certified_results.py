@@ -118,8 +118,13 @@ def certify(network, images: torch.Tensor, sigma: float, args, stream: int) -> t
     )
 
 
-def evaluate(sigma: float, network: torch.nn.Module, data: list[dict], args) -> dict:
-    """Certification at the clean images and L2 PGD (base and smoothed Dice) at each attack radius."""
+def evaluate(sigma: float, network: torch.nn.Module, data: list[dict], args, earlier: dict | None = None) -> dict:
+    """Certification at the clean images and L2 PGD (base and smoothed Dice) at each attack radius.
+
+    With ``earlier`` (a previous record of the same settings), its attack rows are kept and only the radii it lacks
+    are attacked, numbered after its own: the random streams, and so the result, are those of one run over all the
+    radii in that order (the clean certification is recomputed from the same stream and must agree).
+    """
     images = torch.stack([d["image"] for d in data])
     truth = torch.stack([d["label"] for d in data]).long()
     began = time.perf_counter()
@@ -140,7 +145,14 @@ def evaluate(sigma: float, network: torch.nn.Module, data: list[dict], args) -> 
         "attack": [],
     }
     print(f"[{key_of(sigma)}] certified {len(data)} cases in {certify_seconds:.0f} s", flush=True)
-    for number, r in enumerate(args.attack_radii, start=1):
+    if earlier is not None:
+        if earlier["certified_dice"] != record["certified_dice"] or earlier["cases"] != record["cases"]:
+            raise SystemExit(f"[{key_of(sigma)}] --append: the clean certification differs from the earlier run's")
+        record["attack"] = list(earlier["attack"])
+        record["certify_seconds"] = earlier["certify_seconds"]
+    done = [row["radius"] for row in record["attack"]]
+    todo = [r for r in args.attack_radii if r not in done]
+    for number, r in enumerate(todo, start=len(done) + 1):
         began = time.perf_counter()
         attacked = pgd_l2(
             network,
@@ -455,6 +467,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--append", action="store_true", help="keep an earlier run's attack rows, attack only the new --attack-radii"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/certified_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -464,10 +479,13 @@ def main(argv=None) -> int:
             network, record = trained(sigma, train_data, test_data, args)
             if args.train_only:
                 continue
-            result = evaluate(sigma, network, test_data[: args.cases], args)
+            path = args.work / key_of(sigma) / "certified.json"
+            earlier = json.loads(path.read_text()) if args.append and path.exists() else None
+            result = evaluate(sigma, network, test_data[: args.cases], args, earlier)
             result["train"] = record
             result["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-            result["command"] = command
+            result["settings"]["attack_radii"] = [row["radius"] for row in result["attack"]]
+            result["command"] = command if earlier is None else f"{earlier['command']}, then {command}"
             (args.work / key_of(sigma) / "certified.json").write_text(json.dumps(result, indent=2))
     if not args.train_only:
         render(args, command, machine())
