@@ -64,9 +64,16 @@ def test_rows_are_means_over_the_scored_cases():
     assert report["check"]["passed"] is None
 
 
-@pytest.mark.parametrize("smoothed, passed", [([0.75, 0.3], True), ([0.65, 0.2], False)])
-def test_a_certified_dice_above_the_attacked_smoothed_dice_fails_the_check(smoothed, passed):
-    attacked = np.array([smoothed, smoothed, [math.nan, math.nan]])
+@pytest.mark.parametrize(
+    "smoothed, passed, worst",
+    [
+        ([[0.85, 0.3], [0.65, 0.1]], True, (-0.05, 0.1, "a")),  # every case at or above its certificate
+        ([[0.85, 0.3], [0.5, 0.1]], False, (0.1, 0.1, "b")),
+        ([[0.95, 0.3], [0.55, 0.1]], False, (0.05, 0.1, "b")),  # the means pass (0.75 >= 0.7); case b does not
+    ],
+)
+def test_a_certified_dice_above_the_attacked_smoothed_dice_fails_the_check(smoothed, passed, worst):
+    attacked = np.array([*smoothed, [math.nan, math.nan]])
     report = _report(
         attack={"name": "pgd_l2"},
         attack_radii=[0.1, 0.2],
@@ -77,11 +84,13 @@ def test_a_certified_dice_above_the_attacked_smoothed_dice_fails_the_check(smoot
     )
     check = report["check"]
     assert check["passed"] is passed
-    assert check["largest_excess"] == pytest.approx(0.7 - smoothed[0]) and check["at_radius"] == 0.1
+    assert (check["largest_excess"], check["at_radius"], check["at_case"]) == pytest.approx(worst)
+    assert check["cases_above"] == (0 if passed else 1) and check["rows"][0]["cases_above"] == check["cases_above"]
     assert check["flipped_certified_voxels"] == 3 and check["rows"][1]["certified_voxels"] == 20
     rows = report["metrics"]
     assert rows[0]["attack_dice_smoothed"] is None  # radius 0 was not attacked
-    assert rows[1]["attack_dice_base"] == pytest.approx(0.25) and rows[2]["attack_dice_smoothed"] == smoothed[1]
+    assert rows[1]["attack_dice_base"] == pytest.approx(0.25)
+    assert rows[1]["attack_dice_smoothed"] == pytest.approx(np.mean([smoothed[0][0], smoothed[1][0]]))
 
 
 def test_check_tolerance():
