@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -293,7 +294,8 @@ def _figure(records: list[dict], path: Path) -> None:
                       label="smoothed Dice at L2 PGD on the smoothed net (EOT)")  # fmt: skip
         axis.axhline(_mean(record["base_clean_dice"]), color="grey", lw=0.8, label="base clean Dice")
         axis.set_title(f"U-Net, noise sigma {record['sigma']:g}")
-        axis.set_xlabel("L2 radius (input units, [0, 1] image)")
+        axis.set_xscale("symlog", linthresh=0.1)  # the certificates end below 1, the attacks go on to 16
+        axis.set_xlabel("L2 radius (input units, [0, 1] image; symlog)")
         axis.set_ylim(-0.02, 1.0)
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean foreground Dice")
@@ -356,9 +358,9 @@ def markdown(summary: dict, settings: dict) -> str:
         "event).**"
     )
     lines += [check, ""]
-    lines += findings(sigmas)
+    lines += findings(sigmas, settings)
     if summary["status"] != "complete":
-        lines += ["", f"**Partial:** {summary['status']}."]
+        lines += ["", f"**Partial:** {summary['status'].removeprefix('partial: ')} finished."]
     lines += ["", "![certified vs empirical Dice](certified.png)", ""]
     lines += ["## Certified Dice vs radius (mean over the cases)", ""]
     radii = list(sigmas[0]["certified_dice_by_radius"])
@@ -425,23 +427,54 @@ def markdown(summary: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def findings(sigmas: list[dict]) -> list[str]:
+def findings(sigmas: list[dict], settings: dict) -> list[str]:
     """The first lines: what the numbers say, computed from them."""
-    lines = []
+    voxels = 96 * 96
+    cap = statistics.NormalDist().inv_cdf((settings["alpha"] / voxels) ** (1 / settings["n"]))
+    lines, gaps = [], []
     for s in sigmas:
         curve = s["certified_dice_by_radius"]
         reached = [r for r, v in curve.items() if v > 0.5]
-        best = f"up to r = {reached[-1]}" if reached else "at no radius"
+        certified = f"certified Dice above 0.5 up to r = {reached[-1]}" if reached else "no certified Dice above 0.5"
+        broken = [
+            row["radius"]
+            for row in s["attack"]
+            if min(row["smoothed_dice_at_pgd"], row["eot_smoothed_dice_at_pgd"]) <= 0.5
+        ]
         attack = s["attack"]
         worst = attack[-1]
-        lines.append(
-            f"- sigma {s['sigma']:g}: base clean Dice {s['base_clean_dice']:.3f}, certified Dice at r = 0 "
-            f"{curve['0']:.3f} (abstain {s['abstain_rate']:.3f}), certified Dice above 0.5 {best}; "
-            f"largest certified radius {s['max_certified_radius']:.3f}. L2 PGD at r = {worst['radius']:g}: base "
-            f"Dice {worst['base_dice_at_pgd']:.3f}, smoothed {worst['smoothed_dice_at_pgd']:.3f} (EOT PGD on the "
-            f"smoothed network: {worst['eot_smoothed_dice_at_pgd']:.3f}), certified {worst['certified_dice']:.3f}."
+        empirical = (
+            f"the smoothed Dice under attack first falls to 0.5 or below at r = {broken[0]:g}"
+            if broken
+            else f"the smoothed Dice under attack stays above 0.5 up to the largest radius attacked, "
+            f"r = {worst['radius']:g}"
         )
-    return lines
+        gaps.append((s["sigma"], s["max_certified_radius"], broken[0] if broken else None, worst["radius"]))
+        lines.append(
+            f"- sigma {s['sigma']:g}: base clean Dice {s['base_clean_dice']:.3f}; certified Dice at r = 0 "
+            f"{curve['0']:.3f} (abstain rate {s['abstain_rate']:.3f}), {certified} (largest certified radius "
+            f"{s['max_certified_radius']:.3f}); {empirical}. At r = {worst['radius']:g}: base Dice "
+            f"{worst['base_dice_at_pgd']:.3f}, smoothed {worst['smoothed_dice_at_pgd']:.3f} (PGD on the base network), "
+            f"{worst['eot_smoothed_dice_at_pgd']:.3f} (EOT PGD on the smoothed network)."
+        )
+    parts = []
+    for sigma, certified_radius, broken_at, largest in gaps:
+        if broken_at is None:
+            parts.append(
+                f"sigma {sigma:g}: largest certified radius {certified_radius:.2f}, no attack brought the smoothed "
+                f"Dice to 0.5 up to r = {largest:g}"
+            )
+        else:
+            parts.append(
+                f"sigma {sigma:g}: largest certified radius {certified_radius:.2f}, an attack brought the smoothed "
+                f"Dice to 0.5 or below at r = {broken_at:g} ({broken_at / max(certified_radius, 1e-12):.0f}x)"
+            )
+    lead = (
+        f"With n = {settings['n']} noisy samples per case no voxel can be certified beyond {cap:.2f} sigma "
+        f"(alpha = {settings['alpha']} over {voxels} voxels); " + "; ".join(parts) + ". Per sigma (means over "
+        "the cases):"
+    )
+    return [lead, "", *lines]
 
 
 def main(argv=None) -> int:
