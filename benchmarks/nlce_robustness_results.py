@@ -100,9 +100,16 @@ def load_split(size: int) -> tuple[list[dict], list[dict]]:
 
 
 def train(
-    name: str, data: list[dict], epochs: int, seed: int, augmentations: str = "none", epsilon: float = 0.1
+    name: str,
+    data: list[dict],
+    epochs: int,
+    seed: int,
+    augmentations: str = "none",
+    epsilon: float = 0.1,
+    noise_sigma: float = 0.25,
 ) -> tuple[torch.nn.Module, list[float], float]:
-    """Train one network with the recipe above; ``augmentations`` / ``epsilon`` add online FGSM copies (0..1 units).
+    """Train one network with the recipe above; ``augmentations`` / ``epsilon`` add online FGSM copies (0..1 units),
+    ``"gaussian"`` / ``noise_sigma`` a Gaussian noise copy (noise training for randomized smoothing).
 
     Args:
         name: a :func:`make_network` choice.
@@ -111,6 +118,7 @@ def train(
         seed: the determinism seed.
         augmentations: the trainer's online augmentations ("none" is the paper's recipe).
         epsilon: the augmentation strength in input units.
+        noise_sigma: the std of the ``"gaussian"`` copy's noise in input units.
 
     Returns:
         The network in eval mode, the epoch mean losses and the training wall time (s).
@@ -130,6 +138,7 @@ def train(
         loss_function=loss,
         augmentations=augmentations,
         epsilon=epsilon,
+        noise_sigma=noise_sigma,
         clip_range=(0.0, 1.0),
         decollate=False,
     )

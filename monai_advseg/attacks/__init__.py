@@ -5,11 +5,12 @@ Epsilon and alpha are in the network's input units; :func:`levels_to_epsilon` co
 
 from monai_advseg.attacks.apgd import APGD_LOSSES, APGDStepRule, apgd, apgd_checkpoints
 from monai_advseg.attacks.fgsm import fgsm, fgsm_pair, inverse_fgsm
-from monai_advseg.attacks.gradient import attack_mode, input_gradient, project, signed_step
+from monai_advseg.attacks.gradient import attack_mode, input_gradient, project, project_l2, signed_step
 from monai_advseg.attacks.iterative import (
     balanced_cross_entropy,
     iterative_fgsm,
     pgd,
+    pgd_l2,
     segpgd,
     segpgd_loss,
     segpgd_step_loss,
@@ -31,13 +32,14 @@ from monai_advseg.attacks.specs import (
     FGSMSpec,
     IterativeFGSMSpec,
     NoiseSpec,
+    PGDL2Spec,
     PGDSpec,
     RandomSearchSpec,
     SegPGDSpec,
     WorstCaseSpec,
     build_attack_spec,
 )
-from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
+from monai_advseg.attacks.step_rules import StepContext, StepRule, l2_step_rule, signed_step_rule
 from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
 from monai_advseg.attacks.targets import inverse_mask
 
@@ -60,6 +62,7 @@ __all__ = [
     "IterativeFGSMSpec",
     "PAPER_EPSILON_LEVELS",
     "NoiseSpec",
+    "PGDL2Spec",
     "PGDSpec",
     "RandomSearchSpec",
     "SegPGDSpec",
@@ -81,7 +84,10 @@ __all__ = [
     "kurakin_steps",
     "levels_to_epsilon",
     "pgd",
+    "pgd_l2",
     "project",
+    "project_l2",
+    "l2_step_rule",
     "random_search",
     "true_class_probability",
     "uniform_noise",

@@ -2,7 +2,7 @@
 
 Every attack, the augmentation transforms, the adversarial trainer and the robustness evaluator go through
 :func:`input_gradient` and :func:`signed_step`, so the sign step, the L-infinity projection and the intensity clipping
-exist exactly once.
+exist exactly once; :func:`project_l2` is the L2 ball's projection, used by the loop's L2 path.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "network_logits",
     "plain_copy",
     "project",
+    "project_l2",
     "signed_step",
     "unwrap_ddp",
 ]
@@ -214,6 +215,49 @@ def project(
     if clip_range is not None:
         candidate = candidate.clamp(clip_range[0], clip_range[1])
     return torch.minimum(torch.maximum(candidate, lower), upper)
+
+
+def project_l2(
+    candidate: torch.Tensor,
+    original: torch.Tensor,
+    epsilon: torch.Tensor | float,
+    clip_range: tuple[float, float] | None,
+) -> torch.Tensor:
+    """Project ``candidate`` onto the L2 ball of radius ``epsilon`` around ``original`` (per sample), then clip.
+
+    The ball is over all of a sample's voxels and channels: ``||x_adv - x||_2 <= epsilon`` per sample.
+
+    The order keeps both constraints. Clipping clamps each voxel into a box that contains the original voxel, so it
+    only moves a voxel towards the original's value, never further from it: no voxel's ``|x_adv - x|`` grows, so
+    the ball's bound survives the clip, and the result lies in the box. The box is ``clip_range`` widened per voxel
+    to include the original (``[min(lo, x), max(hi, x)]``): for inputs inside the range that is ``clip_range``
+    itself; a voxel that starts outside the range may stay there (never further out), as with :func:`project`.
+    Clipping first and then scaling the difference would not do: scaling moves voxels towards the original too, but
+    the ball's projection of an unclipped point can leave the range.
+
+    The bound holds up to the rounding of ``x + delta`` in the image's dtype (the norms and the scale are computed in
+    float64), an excess of about ``sqrt(voxels)`` half-units in the last place of the image's values at most.
+
+    Args:
+        candidate: ``(B, C, *spatial)``, the point to project.
+        original: the ball's centre, same shape.
+        epsilon: the radius per sample, a scalar or broadcastable ``(B, 1, ..., 1)``.
+        clip_range: valid intensity range, or None.
+
+    Returns:
+        A new tensor.
+    """
+    batch = original.shape[0]
+    radius = torch.as_tensor(epsilon, device=original.device).double().expand(batch, *([1] * (original.ndim - 1)))
+    delta = candidate - original
+    norms = delta.flatten(1).double().norm(dim=1).reshape_as(radius)
+    scale = torch.where(norms > radius, radius / norms.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    projected = original + delta * scale.to(original.dtype)
+    if clip_range is None:
+        return projected
+    low = torch.clamp(original, max=clip_range[0])  # min(lo, x): the box always holds the original
+    high = torch.clamp(original, min=clip_range[1])
+    return torch.minimum(torch.maximum(projected, low), high)
 
 
 def signed_step(

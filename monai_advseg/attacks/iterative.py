@@ -1,6 +1,6 @@
-"""Iterative attacks: the basic iterative method (I-FGSM), PGD and SegPGD-weighted PGD.
+"""Iterative attacks: the basic iterative method (I-FGSM), PGD, SegPGD-weighted PGD and L2 PGD.
 
-All three share :func:`_iterate`, which runs each sample for its own number of steps and drops samples whose budget is
+All of them share :func:`_iterate`, which runs each sample for its own number of steps and drops samples whose budget is
 spent from the batch (active-set compaction). In eval mode every sample's trajectory depends on that sample only, so a
 batch holding several strengths gives the same result as attacking each strength on its own.
 """
@@ -21,13 +21,14 @@ from monai_advseg.attacks.gradient import (
     input_gradient,
     plain_copy,
     project,
+    project_l2,
 )
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps_for
-from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
+from monai_advseg.attacks.step_rules import StepContext, StepRule, l2_step_rule, signed_step_rule
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range, check_max_batch
 
-__all__ = ["balanced_cross_entropy", "iterative_fgsm", "pgd", "segpgd", "segpgd_loss", "segpgd_step_loss"]
+__all__ = ["balanced_cross_entropy", "iterative_fgsm", "pgd", "pgd_l2", "segpgd", "segpgd_loss", "segpgd_step_loss"]
 
 # Builds the loss for one step: (step index t, per-sample total steps T of the active samples) -> loss_fn.
 StepLoss = Callable[[int, torch.Tensor], LossFn]
@@ -96,6 +97,54 @@ def _leaders(
     return leader
 
 
+class _LinfBall:
+    """The loop's L-inf threat model: the box ``[x - eps, x + eps]`` and the sign step.
+
+    The ball's edges are computed once (:func:`~monai_advseg.attacks.gradient.ball_edges`), so that every step's
+    projection is a clamp.
+    """
+
+    step_rule: StepRule = staticmethod(signed_step_rule)
+
+    def __init__(self, original: torch.Tensor, epsilon: torch.Tensor, clip: tuple[float, float] | None) -> None:
+        self.original, self.epsilon, self.clip = original, epsilon, clip
+        self.lower, self.upper = ball_edges(original, epsilon)
+
+    def projector(self, index: slice | torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The projection of the samples ``index`` (their centres and edges gathered once per step)."""
+        centre, radius, edges = self.original[index], self.epsilon[index], (self.lower[index], self.upper[index])
+        return lambda candidate: project(candidate, centre, radius, self.clip, edges=edges)
+
+    def random_start(self, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """A uniform draw in the box (per voxel), projected."""
+        start = self.original + (2 * _uniform_noise(self.original, generator) - 1) * self.epsilon
+        return project(start, self.original, self.epsilon, self.clip, edges=(self.lower, self.upper))
+
+
+class _L2Ball:
+    """The loop's L2 threat model: ``||x_adv - x||_2 <= eps`` per sample (all voxels and channels), the normalized
+    gradient step (:func:`~monai_advseg.attacks.step_rules.l2_step_rule`) and
+    :func:`~monai_advseg.attacks.gradient.project_l2`."""
+
+    step_rule: StepRule = staticmethod(l2_step_rule)
+
+    def __init__(self, original: torch.Tensor, epsilon: torch.Tensor, clip: tuple[float, float] | None) -> None:
+        self.original, self.epsilon, self.clip = original, epsilon, clip
+
+    def projector(self, index: slice | torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        centre, radius = self.original[index], self.epsilon[index]
+        return lambda candidate: project_l2(candidate, centre, radius, self.clip)
+
+    def random_start(self, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """A uniform draw in the L2 ball: a Gaussian direction, radius ``eps * U^(1/d)`` (d voxels x channels)."""
+        start = self.original + _unit_l2_ball_noise(self.original, generator) * self.epsilon
+        return project_l2(start, self.original, self.epsilon, self.clip)
+
+
+#: The threat models of the loop by ``norm``.
+_BALLS = {"linf": _LinfBall, "l2": _L2Ball}
+
+
 # Scores an iterate from its logits: (logits, positions of the samples in the batch) -> (n,), lower = stronger attack.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -115,10 +164,11 @@ def _iterate(
     random_start: bool = False,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     step_loss: StepLoss | None = None,
-    step_rule: StepRule = signed_step_rule,
+    step_rule: StepRule | None = None,
     share: torch.Tensor | None = None,
     max_batch: int | None = None,
     score_fn: ScoreFn | None = None,
+    norm: str = "linf",
 ) -> torch.Tensor:
     """The one attack loop: per-sample steps, active-set compaction, shared trajectories, projection and clipping.
 
@@ -130,20 +180,29 @@ def _iterate(
     until the budgets part.
 
     Args:
-        step_rule: the candidate before clipping and projection (default the sign step); see
-            :mod:`monai_advseg.attacks.step_rules`. A rule with ``needs_loss = True`` gets the per-sample loss.
+        step_rule: the candidate before clipping and projection (default: the norm's steepest-ascent step, the sign
+            step for L-inf, the normalized gradient for L2); see :mod:`monai_advseg.attacks.step_rules`. A rule with
+            ``needs_loss = True`` gets the per-sample loss.
         share: ``(B,)`` group ids of samples that may share a trajectory (e.g. the index of the source image in a
             repeated batch), or None. Only for deterministic, stateless step rules without a random start.
         max_batch: at most this many samples per forward (None: all active leaders at once).
         score_fn: when given, return each sample's best iterate by this score (lowest wins) among all iterates
             ``x_0 .. x_T``, not the last; the final iterates cost one more forward (no backward).
+        norm: the threat model, chosen once for the whole call: ``"linf"`` (the box ``|x_adv - x| <= eps``) or
+            ``"l2"`` (``||x_adv - x||_2 <= eps`` per sample, :func:`pgd_l2`). It picks the projection, the random
+            start and the default step rule; the active set, the compaction and the clipping are the same loop.
+            No trajectory sharing with ``"l2"``.
         Others as in :func:`iterative_fgsm` / :func:`pgd`.
     """
     check_attack_inputs(image, label)
     clip = check_clip_range(clip_range)
     check_max_batch(max_batch)
+    if norm not in _BALLS:
+        raise ValueError(f"norm must be one of {sorted(_BALLS)}, got {norm!r}")
     if share is not None and random_start:
         raise ValueError("share: samples with random starts do not share trajectories")
+    if share is not None and norm != "linf":
+        raise ValueError(f"share: trajectory sharing is for the L-inf ball only, not norm={norm!r}")
     batch, ndim = image.shape[0], image.ndim
     eps = _per_sample(as_sample_tensor(epsilon, "epsilon", image), batch, ndim)
     step_size = _per_sample(as_sample_tensor(alpha, "alpha", image), batch, ndim)
@@ -152,10 +211,10 @@ def _iterate(
     original = plain_copy(image)
     target = plain_copy(label)
     adversarial = original.clone()
-    lower, upper = ball_edges(original, eps)  # once: every step's projection is then a clamp
+    ball = _BALLS[norm](original, eps, clip)
+    step_rule = ball.step_rule if step_rule is None else step_rule
     if random_start:
-        start = original + (2 * _uniform_noise(original, generator) - 1) * eps
-        adversarial = project(start, original, eps, clip, edges=(lower, upper))
+        adversarial = ball.random_start(generator)
         adversarial[counts == 0] = original[counts == 0]
     leader = _leaders(share, counts, original, target, by_count=step_loss is not None)
     needs_loss = bool(getattr(step_rule, "needs_loss", False))
@@ -183,11 +242,7 @@ def _iterate(
                 best.update(x_t, logits, active)
             if needs_loss and losses is None:
                 raise ValueError("this step rule needs a loss that returns one value per sample, shape (B,)")
-            sample_edges = (lower[index], upper[index])
-
-            def project_active(candidate: torch.Tensor, centre=original[index], radius=eps[index], edges=sample_edges):
-                return project(candidate, centre, radius, clip, edges=edges)
-
+            project_active = ball.projector(index)
             context = StepContext(
                 t,
                 active,
@@ -215,16 +270,46 @@ def _iterate(
     return adversarial
 
 
-def _uniform_noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
-    """U(0, 1) noise of ``like``'s shape, from one generator, or one generator per sample (so that a sample's start
-    does not depend on its batch-mates)."""
+# Draws noise for ``count`` samples: (generator or None, device, count) -> (count, *sample shape).
+_Draw = Callable[[torch.Generator | None, torch.device, int], torch.Tensor]
+
+
+def _per_sample_noise(
+    like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None, draw: _Draw
+) -> torch.Tensor:
+    """``draw``'s noise for ``like``'s batch, from one generator, or one generator per sample (so that a sample's
+    start does not depend on its batch-mates); drawn on the generator's device, returned on ``like``'s."""
     if generator is None or isinstance(generator, torch.Generator):
         device = generator.device if generator is not None else like.device
-        return torch.rand(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+        return draw(generator, device, like.shape[0]).to(like.device)
     if len(generator) != like.shape[0]:
         raise ValueError(f"got {len(generator)} generators for {like.shape[0]} samples")
-    draws = [torch.rand(like.shape[1:], generator=g, device=g.device, dtype=like.dtype) for g in generator]
-    return torch.stack(draws).to(like.device)
+    return torch.cat([draw(g, g.device, 1) for g in generator]).to(like.device)
+
+
+def _uniform_noise(like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """U(0, 1) noise of ``like``'s shape (see :func:`_per_sample_noise` for ``generator``)."""
+
+    def draw(source, device, count):
+        return torch.rand((count, *like.shape[1:]), generator=source, device=device, dtype=like.dtype)
+
+    return _per_sample_noise(like, generator, draw)
+
+
+def _unit_l2_ball_noise(
+    like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Uniform noise in each sample's unit L2 ball: a standard Gaussian direction (isotropic, so uniform on the
+    sphere) scaled to radius ``U^(1/d)``, ``d`` the sample's number of values (the ball's volume grows as ``r^d``)."""
+    values = like[0].numel()
+
+    def draw(source, device, count):
+        gaussian = torch.randn((count, *like.shape[1:]), generator=source, device=device, dtype=torch.float64)
+        radius = torch.rand((count,), generator=source, device=device, dtype=torch.float64) ** (1.0 / values)
+        norms = gaussian.flatten(1).norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+        return (gaussian * (radius / norms).reshape(-1, *([1] * (like.ndim - 1)))).to(like.dtype)
+
+    return _per_sample_noise(like, generator, draw)
 
 
 class _BestIterates:
@@ -368,6 +453,72 @@ def pgd(
         clip_range=clip_range,
         random_start=random_start,
         generator=generator,
+    )
+
+
+def pgd_l2(
+    network: nn.Module,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    epsilon: float | torch.Tensor,
+    *,
+    alpha: float | torch.Tensor,
+    steps: int | torch.Tensor,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
+    clip_range: Sequence[float] | None = None,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """L2 projected gradient descent (Madry et al.): normalized-gradient steps kept in the L2 ball of radius epsilon.
+
+    ``x_{t+1} = clip(P_eps(x_t + alpha * g / ||g||_2))`` per sample, from a uniform random start in the ball; the
+    norms are over all of a sample's voxels and channels. It is the threat model of randomized smoothing's
+    certificates (:mod:`monai_advseg.certify`), so an attack and a certificate can be compared at the same radius.
+
+    Args:
+        network: any module returning logits ``(B, C, *spatial)`` (2D or 3D); run in eval mode, modes restored.
+        image: ``(B, C, *spatial)`` in the network's input units.
+        label: true label, or the target when ``targeted``.
+        epsilon: the L2 radius per sample in input units, a scalar or a ``(B,)`` tensor; 0 returns the input.
+        alpha: the L2 length of a step in input units (> 0), scalar or ``(B,)``; ``2.5 * epsilon / steps`` is
+            the usual choice.
+        steps: iterations (an int >= 1, or a per-sample ``(B,)`` tensor of counts >= 0).
+        random_start: start uniformly in the ball (a Gaussian direction, radius ``eps * U^(1/d)``).
+        generator: the random source for the start (pass one for reproducible results), or one per sample.
+        loss_fn: ``loss_fn(logits, label)``, default the summed per-voxel cross-entropy.
+        clip_range: ``(lo, hi)`` valid intensity range, or None.
+        targeted: descend the loss towards ``label`` instead of ascending it.
+
+    Returns:
+        The adversarial batch (a new tensor) with ``||x_adv - x||_2 <= epsilon`` per sample (up to the rounding of
+        ``x + delta`` in the image's dtype, see :func:`~monai_advseg.attacks.gradient.project_l2`), inside
+        ``clip_range`` where the input is.
+
+    Raises:
+        ValueError: on a negative or non-finite epsilon, ``alpha`` <= 0, ``steps`` < 1, bad shapes or values, or a
+            bad ``clip_range``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, torch.Tensor)):
+        raise ValueError(f"pgd_l2: steps must be an int >= 1 or a (B,) tensor of counts, got {steps!r}")
+    if isinstance(steps, int) and steps < 1:
+        raise ValueError(f"pgd_l2: steps must be >= 1, got {steps!r}")
+    step = torch.as_tensor(alpha, dtype=torch.float64)
+    if not bool(torch.isfinite(step).all()) or bool((step <= 0).any()):
+        raise ValueError(f"pgd_l2: alpha (the L2 step length) must be finite and > 0, got {alpha!r}")
+    return _iterate(
+        network,
+        image,
+        label,
+        epsilon,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        loss_fn=loss_fn,
+        clip_range=clip_range,
+        random_start=random_start,
+        generator=generator,
+        norm="l2",
     )
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "FGSMSpec",
     "IterativeFGSMSpec",
     "NoiseSpec",
+    "PGDL2Spec",
     "PGDSpec",
     "RandomSearchSpec",
     "SegPGDSpec",
@@ -207,6 +208,7 @@ class PGDSpec(_SteppedSpec):
 
     name = "pgd"
     random = True
+    norm = "linf"
 
     def _step_loss(self):
         return None
@@ -229,6 +231,7 @@ class PGDSpec(_SteppedSpec):
             generator=generator,
             step_loss=self._step_loss(),
             max_batch=max_batch,
+            norm=self.norm,
         )
         return result.reshape(len(levels), *image.shape)
 
@@ -247,6 +250,32 @@ class SegPGDSpec(PGDSpec):
 
     def _step_loss(self):
         return segpgd_step_loss(targeted=False)
+
+
+class PGDL2Spec(PGDSpec):
+    """Untargeted L2 PGD from a uniform random start in the L2 ball, each strength on its own (``"pgd_l2"``).
+
+    A strength of ``e`` levels is the L2 radius ``levels_to_epsilon(e) = e / 255 * (hi - lo)`` in input units,
+    over all voxels and channels of a sample, and ``alpha_levels`` is the L2 length of a step the same way: the
+    level keeps its unit (a 255th of the intensity range), only the norm changes. So 255 levels allow one voxel to
+    move across the whole range, or every voxel of a ``d``-voxel image by ``(hi - lo) / sqrt(d)``; on [0, 1] a
+    randomized-smoothing certificate at radius ``r`` is the strength ``255 r``. The Kurakin schedule (``steps``
+    None) gives ``min(eps + 4, 1.25 eps)`` steps of ``alpha_levels``, as for the L-inf attacks.
+
+    Args:
+        alpha_levels: the L2 step length in levels.
+        steps: a fixed number of iterations, or None for the Kurakin schedule.
+    """
+
+    name = "pgd_l2"
+    norm = "l2"
+
+    def describe(self, intensity_range: Sequence[float], seed: int | None) -> dict[str, Any]:
+        return {
+            **super().describe(intensity_range, seed),
+            "norm": "l2",
+            "epsilon_unit": "L2 radius over a sample's voxels and channels, levels / 255 * (hi - lo) in input units",
+        }
 
 
 class NoiseSpec(AttackSpec):
@@ -323,6 +352,7 @@ ATTACK_SPECS: dict[str, type[AttackSpec]] = {
     "ifgsm_targeted": IterativeFGSMSpec,
     "fgsm": FGSMSpec,
     "pgd": PGDSpec,
+    "pgd_l2": PGDL2Spec,
     "segpgd": SegPGDSpec,
     "uniform_noise": NoiseSpec,
     "random_search": RandomSearchSpec,

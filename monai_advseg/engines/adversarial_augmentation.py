@@ -1,7 +1,9 @@
-"""Online adversarial data augmentation (FGSM / inverse FGSM copies of every training batch) in a MONAI trainer."""
+"""Online data augmentation in a MONAI trainer: FGSM / inverse-FGSM copies of every training batch, and a Gaussian
+noise copy (noise training for randomized smoothing)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -18,10 +20,38 @@ from monai_advseg.attacks.validation import check_clip_range
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.networks.auxiliary_bn import auxiliary_bn, auxiliary_bn_layers
 
-__all__ = ["AUGMENTATIONS", "AdversarialAugmentationTrainer", "online_augmentations", "parse_augmentations"]
+__all__ = [
+    "AUGMENTATIONS",
+    "AdversarialAugmentationTrainer",
+    "adversarial_augmentations",
+    "check_noise_sigma",
+    "online_augmentations",
+    "parse_augmentations",
+]
 
-#: Augmentation name -> direction of the signed step (+1 ascends the loss, -1 descends it).
-AUGMENTATIONS: dict[str, int] = {"fgsm": 1, "inverse_fgsm": -1}
+#: Augmentation name -> direction of the signed step (+1 ascends the loss, -1 descends it), or None for
+#: ``"gaussian"``: the copy ``x + N(0, sigma^2)``, which needs no gradient.
+AUGMENTATIONS: dict[str, int | None] = {"fgsm": 1, "inverse_fgsm": -1, "gaussian": None}
+
+
+def adversarial_augmentations(names: str | Sequence[str]) -> tuple[str, ...]:
+    """The names among ``names`` whose copies are adversarial (made from an input gradient): not ``"gaussian"``."""
+    return tuple(name for name in parse_augmentations(names) if AUGMENTATIONS[name] is not None)
+
+
+def check_noise_sigma(noise_sigma: float) -> float:
+    """``noise_sigma`` as a float, the std of the Gaussian copy in network-input units.
+
+    Raises:
+        ValueError: when it is not a finite number > 0.
+    """
+    try:
+        sigma = float(noise_sigma)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise_sigma must be a number > 0 (network-input units), got {noise_sigma!r}") from None
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"noise_sigma must be a finite number > 0 (network-input units), got {noise_sigma!r}")
+    return sigma
 
 
 def online_augmentations(augmentation: str | Sequence[str], online: bool | str) -> tuple[str, ...]:
@@ -49,7 +79,7 @@ def parse_augmentations(augmentations: str | Sequence[str]) -> tuple[str, ...]:
 
 
 class AdversarialAugmentationTrainer(SupervisedTrainer):
-    """A :class:`monai.engines.SupervisedTrainer` that also trains on FGSM and/or inverse-FGSM copies of each batch.
+    """A :class:`monai.engines.SupervisedTrainer` that also trains on FGSM, inverse-FGSM and/or Gaussian copies.
 
     Per iteration: the clean batch's forward/backward, then each copy's own forward/backward, then one optimizer step.
     The objective is the weighted mean ``(L_clean + sum_k w_k L_k) / (1 + sum_k w_k)``, which with unit weights equals
@@ -61,6 +91,13 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     separate attack (:func:`monai_advseg.attacks.fgsm_pair`) with the network in eval mode and ``attack_loss_fn``.
     Either way batch-norm running statistics are updated by the clean and the copy passes only, never by an attack.
 
+    ``"gaussian"`` adds the copy ``x + N(0, noise_sigma^2)`` per voxel, noise training for randomized smoothing
+    (:mod:`monai_advseg.certify`): ``noise_sigma`` is in network-input units, as the certificate's ``sigma``, and
+    the copy is **not** clipped to ``clip_range``, as the certificate's noisy samples are not, so the network learns
+    the distribution it is certified on. It is weighted like the other copies, drawn fresh each iteration from
+    torch's global generator (so ``monai.utils.set_determinism`` makes a run repeatable) and needs no gradient: no
+    attack pass, whatever ``reuse_gradient`` says.
+
     ``auxiliary_bn=True`` (AdvProp, Xie et al. 2020) sends the copies through the twins that
     :func:`monai_advseg.networks.convert_to_auxiliary_bn` gives every batch-norm layer; the clean pass, the attack
     of ``reuse_gradient=False``, evaluation and inference use the main batch norm only. The FGSM and inverse-FGSM
@@ -71,16 +108,18 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     adversarial for the network that is evaluated and deployed), with ``reuse_gradient=False`` the eval-mode attack
     sees the main running statistics, as every evaluation attack does. (AdvProp crafts its examples through the
     auxiliary batch norm instead; that costs one more forward/backward per iteration and attacks a network nobody
-    deploys.)
+    deploys.) The Gaussian copy goes through the **main** batch norm: it is not adversarial, and the certified
+    (smoothed) network evaluates noisy inputs through the main batch norm, so the statistics it is certified with
+    must have seen them. ``auxiliary_bn=True`` therefore needs at least one adversarial copy.
 
     AMP: ``amp=True`` autocasts on the engine's device type (float16 + ``GradScaler`` on CUDA, bfloat16 without a
     scaler on CPU). ``engine.state.output`` holds ``image``, ``label``, ``pred`` (clean), ``loss`` and ``loss_clean``,
-    ``loss_fgsm``, ``loss_inverse_fgsm`` (each the unweighted mean loss of that pass). ``loss`` is always the whole
-    objective ``(L_clean + sum_k w_k L_k) / (1 + sum_k w_k)`` (detached), never the clean loss nor a partial sum: it is
-    set once every pass's loss is known. Events: FORWARD_COMPLETED after the clean forward pass; LOSS_COMPLETED once
-    all the loss terms above are computed (unlike :class:`~monai.engines.SupervisedTrainer`, the passes' ``backward``
-    calls have already run then, since the reused-gradient copies need the clean backward); BACKWARD_COMPLETED right
-    after it; MODEL_COMPLETED at the end (after the optimizer step, on iterations that step).
+    ``loss_fgsm``, ``loss_inverse_fgsm``, ``loss_gaussian`` (each the unweighted mean loss of that pass). ``loss`` is
+    always the whole objective ``(L_clean + sum_k w_k L_k) / (1 + sum_k w_k)`` (detached), never the clean loss nor a
+    partial sum: it is set once every pass's loss is known. Events: FORWARD_COMPLETED after the clean forward pass;
+    LOSS_COMPLETED once all the loss terms above are computed (unlike :class:`~monai.engines.SupervisedTrainer`, the
+    passes' ``backward`` calls have already run then, since the reused-gradient copies need the clean backward);
+    BACKWARD_COMPLETED right after it; MODEL_COMPLETED at the end (after the optimizer step, on iterations that step).
 
     ``accumulation_steps`` and ``compile`` work as in :class:`~monai.engines.SupervisedTrainer`: the gradients of
     ``accumulation_steps`` iterations are summed, each scaled by ``1 / accumulation_steps``, before one optimizer step
@@ -88,8 +127,10 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
     sees plain tensors, and ``image``, ``label`` and ``pred`` get the batch's MetaTensor information back.
 
     Args:
-        augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"both"``, ``"none"`` or a list of names.
+        augmentations: ``"fgsm"``, ``"inverse_fgsm"``, ``"gaussian"``, ``"both"`` (the two FGSM copies), ``"none"``
+            or a list of names.
         epsilon: strength in input units (0.1 on [0, 1] inputs in the paper).
+        noise_sigma: std of the ``"gaussian"`` copy's noise in input units (> 0; checked even when unused).
         clip_range: valid intensity range ``(lo, hi)`` or None.
         loss_weights: weight per augmentation name (default 1.0 each).
         reuse_gradient: take the input gradient from the clean backward pass (see above).
@@ -99,9 +140,9 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         All other arguments are :class:`monai.engines.SupervisedTrainer`'s.
 
     Raises:
-        ValueError: on unknown augmentation names, negative epsilon, bad ``clip_range`` or weights; with
-            ``auxiliary_bn`` without online augmentations, on a network without twins or with an optimizer that does
-            not train them.
+        ValueError: on unknown augmentation names, negative epsilon, ``noise_sigma`` <= 0, bad ``clip_range`` or
+            weights; with ``auxiliary_bn`` without online adversarial augmentations, on a network without twins or
+            with an optimizer that does not train them.
     """
 
     def __init__(
@@ -109,6 +150,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         *args: Any,
         augmentations: str | Sequence[str] = "both",
         epsilon: float = 0.1,
+        noise_sigma: float = 0.25,
         clip_range: Sequence[float] | None = None,
         loss_weights: Mapping[str, float] | None = None,
         reuse_gradient: bool = True,
@@ -120,6 +162,8 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         if not float(epsilon) >= 0:
             raise ValueError(f"epsilon must be a number >= 0, got {epsilon!r}")
         self.epsilon = float(epsilon)
+        self.noise_sigma = check_noise_sigma(noise_sigma)
+        self.adversarial = adversarial_augmentations(self.augmentations)
         self.clip_range = check_clip_range(clip_range)
         weights = dict(loss_weights or {})
         unknown = set(weights) - set(self.augmentations)
@@ -144,10 +188,11 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         Workflow.run(self)
 
     def _check_auxiliary_bn(self) -> None:
-        if not self.augmentations:
+        if not self.adversarial:
             raise ValueError(
-                "auxiliary_bn=True needs online copies (augmentations fgsm, inverse_fgsm or both with online=true), "
-                "got none: offline copies come mixed with the originals, so no batch could go to the twins"
+                "auxiliary_bn=True needs online copies that are adversarial (augmentations fgsm, inverse_fgsm or "
+                f"both with online=true), got {list(self.augmentations) or 'none'}: offline copies come mixed with the "
+                "originals and the gaussian copy goes through the main batch norm, so no batch could go to the twins"
             )
         layers = auxiliary_bn_layers(self.network)
         if not layers:
@@ -179,17 +224,23 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def _copies(self, inputs: torch.Tensor, targets: torch.Tensor, gradient: torch.Tensor | None):
+        """Every copy of the batch by name, in the order of ``augmentations``."""
+        copies: dict[str, torch.Tensor] = {}
         if gradient is not None:
             # Non-finite entries only appear when an fp16 pass overflowed; the scaler then skips the step anyway.
             gradient = torch.nan_to_num(gradient, nan=0.0, posinf=0.0, neginf=0.0)
-            return {
+            copies = {
                 name: signed_step(inputs, gradient, AUGMENTATIONS[name] * self.epsilon, clip_range=self.clip_range)
-                for name in self.augmentations
+                for name in self.adversarial
             }
-        adversarial, inverse = fgsm_pair(
-            self.network, inputs, targets, self.epsilon, loss_fn=self.attack_loss_fn, clip_range=self.clip_range
-        )
-        return {name: {"fgsm": adversarial, "inverse_fgsm": inverse}[name] for name in self.augmentations}
+        elif self.adversarial:
+            adversarial, inverse = fgsm_pair(
+                self.network, inputs, targets, self.epsilon, loss_fn=self.attack_loss_fn, clip_range=self.clip_range
+            )
+            copies = {"fgsm": adversarial, "inverse_fgsm": inverse}
+        if "gaussian" in self.augmentations:
+            copies["gaussian"] = inputs + self.noise_sigma * torch.randn_like(inputs)  # not clipped: see the class
+        return {name: copies[name] for name in self.augmentations}
 
     def _accumulation(self) -> tuple[bool, bool]:
         """Whether this iteration zeroes the gradients first and steps the optimizer last.
@@ -234,7 +285,7 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
         # in engine.state.output stay unscaled.
         backward_scale = weight_total * engine.accumulation_steps
         zero_grad, step = engine._accumulation()
-        reuse = engine.reuse_gradient and bool(engine.augmentations)
+        reuse = engine.reuse_gradient and bool(engine.adversarial)
 
         copies = None if reuse or not engine.augmentations else engine._copies(plain_inputs, targets, None)
         engine.network.train()
@@ -253,7 +304,8 @@ class AdversarialAugmentationTrainer(SupervisedTrainer):
             copies = engine._copies(plain_inputs, targets, clean_inputs.grad)
 
         for name, image in (copies or {}).items():
-            with engine._autocast(), auxiliary_bn(engine.network, engine.auxiliary_bn):
+            twins = engine.auxiliary_bn and name in engine.adversarial  # the noisy copy: main batch norm
+            with engine._autocast(), auxiliary_bn(engine.network, twins):
                 copy_loss = engine.loss_function(engine.inferer(image, engine.network, *args, **kwargs), targets).mean()
             engine.state.output[f"loss_{name}"] = copy_loss.detach()
             objective = objective + engine.loss_weights[name] * copy_loss.detach() / weight_total

@@ -28,9 +28,25 @@ from monai_advseg.data.folders import strip_suffix
 from monai_advseg.engines.adversarial_augmentation import parse_augmentations
 from monai_advseg.engines.flags import as_flag
 
-__all__ = ["AdversarialCopyGenerator", "training_items"]
+__all__ = ["AdversarialCopyGenerator", "check_online_only", "training_items"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_online_only(names: Sequence[str], where: str) -> None:
+    """Refuse ``"gaussian"`` in offline augmentation: the trainer draws its noise afresh every iteration.
+
+    Noise written to disk would be one fixed draw per image, a data set of ``n`` noisy images instead of the noise
+    distribution that randomized smoothing certifies, so offline Gaussian copies are refused rather than supported.
+
+    Raises:
+        ValueError: when ``names`` holds ``"gaussian"``.
+    """
+    if "gaussian" in names:
+        raise ValueError(
+            f"{where}: augmentation 'gaussian' is online only (set online to true): the trainer draws fresh noise "
+            "every iteration, while copies on disk would fix one draw per image"
+        )
 
 
 class AdversarialCopyGenerator:
@@ -77,8 +93,9 @@ class AdversarialCopyGenerator:
 
     Raises:
         FileExistsError: ``output_dir`` exists and ``overwrite`` is False (checked before any work).
-        ValueError: bad augmentation names, epsilon or ranges; from :meth:`run`, a NIfTI source whose loaded affine
-            differs from its file's (``loading`` flipped, reoriented or resampled it) or whose copy's shape does.
+        ValueError: bad augmentation names (``"gaussian"`` is online only), epsilon or ranges; from :meth:`run`, a
+            NIfTI source whose loaded affine differs from its file's (``loading`` flipped, reoriented or resampled
+            it) or whose copy's shape does.
     """
 
     def __init__(
@@ -98,6 +115,7 @@ class AdversarialCopyGenerator:
         label_key: str = "label",
     ) -> None:
         self.augmentations = parse_augmentations(augmentations)
+        check_online_only(self.augmentations, "AdversarialCopyGenerator")
         if not self.augmentations:
             raise ValueError("AdversarialCopyGenerator: augmentations is 'none'; nothing to generate")
         if not float(epsilon) >= 0:
@@ -228,7 +246,8 @@ def training_items(
 
     Args:
         train_items: the original training items.
-        augmentation: ``"none" | "fgsm" | "inverse_fgsm" | "both"`` or a list of names.
+        augmentation: ``"none" | "fgsm" | "inverse_fgsm" | "gaussian" | "both"`` or a list of names
+            (``"gaussian"`` only online).
         online: True when the trainer makes copies itself (nothing is added here); text like "false" is accepted.
         generated_datalist: ``datalist.json`` written by :class:`AdversarialCopyGenerator`.
 
@@ -236,13 +255,15 @@ def training_items(
         A new list.
 
     Raises:
-        ValueError: unknown augmentation names, or copies of a requested kind missing from the generated datalist.
+        ValueError: unknown augmentation names, ``"gaussian"`` offline, or copies of a requested kind missing from
+            the generated datalist.
         FileNotFoundError: offline augmentation without the generated datalist.
     """
     names = parse_augmentations(augmentation)
     items = [dict(item) for item in train_items]
     if as_flag(online, "online") or not names:
         return items
+    check_online_only(names, "offline augmentation (online false)")
     if generated_datalist is None or not Path(generated_datalist).is_file():
         raise FileNotFoundError(
             f"{generated_datalist}: offline augmentation ({list(names)}) needs the copies written by "

@@ -114,7 +114,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         epsilons: attack strengths in 0..255 levels of ``intensity_range`` (any order, no repeats).
         intensity_range: ``(lo, hi)`` of the network input: the unit of a level and the clip range.
         attack: a name of :data:`ATTACKS` (``"ifgsm_targeted"``: the paper's targeted I-FGSM; ``"fgsm"``; ``"pgd"``;
-            ``"segpgd"``; ``"worst_case"``; ...) or an attack component
+            ``"segpgd"``; ``"worst_case"``; ``"pgd_l2"``, whose levels are L2 radii, see
+            :class:`~monai_advseg.attacks.PGDL2Spec`; ...) or an attack component
             (:class:`~monai_advseg.attacks.specs.AttackSpec`), e.g. a bundle's ``_target_``.
         alpha_levels: step size of a named iterative attack, in levels.
         steps: iterations of a named iterative attack; None = the Kurakin schedule ``kurakin_steps(eps / alpha)``.

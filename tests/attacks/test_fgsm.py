@@ -2,7 +2,16 @@ import pytest
 import torch
 from tiny_models import disk_batch, linear_pixel_model, small_unet, trained_small_unet
 
-from monai_advseg.attacks import fgsm, fgsm_pair, inverse_fgsm, iterative_fgsm, pgd, segpgd, summed_cross_entropy
+from monai_advseg.attacks import (
+    fgsm,
+    fgsm_pair,
+    inverse_fgsm,
+    iterative_fgsm,
+    pgd,
+    pgd_l2,
+    segpgd,
+    summed_cross_entropy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +102,9 @@ ATTACKS = {
     "iterative_fgsm": lambda network, image, label: iterative_fgsm(network, image, label, 0.1, alpha=0.03, steps=3),
     "pgd": lambda network, image, label: pgd(
         network, image, label, 0.1, alpha=0.03, steps=3, generator=torch.Generator().manual_seed(0)
+    ),
+    "pgd_l2": lambda network, image, label: pgd_l2(
+        network, image, label, 1.0, alpha=0.3, steps=3, generator=torch.Generator().manual_seed(0)
     ),
     "segpgd": lambda network, image, label: segpgd(
         network, image, label, 0.1, alpha=0.03, steps=3, generator=torch.Generator().manual_seed(0)

@@ -45,6 +45,18 @@ SIGNATURES = {
         ("clip_range", K, None),
         ("targeted", K, False),
     ],
+    # pgd_l2(network, image, label, epsilon, *, alpha, steps, random_start=True, generator=None, loss_fn=None,
+    #        clip_range=None, targeted=False): pgd's signature, epsilon and alpha as L2 lengths (issue 15)
+    "pgd_l2": [
+        *ATTACK_ARGS,
+        ("alpha", K, REQUIRED),
+        ("steps", K, REQUIRED),
+        ("random_start", K, True),
+        ("generator", K, None),
+        ("loss_fn", K, None),
+        ("clip_range", K, None),
+        ("targeted", K, False),
+    ],
     # kurakin_steps(levels)
     "kurakin_steps": [("levels", P, REQUIRED)],
     # inverse_mask(label, num_classes); background_target is an optional extension with a default
