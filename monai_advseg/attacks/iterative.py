@@ -24,6 +24,7 @@ from monai_advseg.attacks.gradient import (
 )
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps_for
+from monai_advseg.attacks.scoring import argmax_classes
 from monai_advseg.attacks.step_rules import StepContext, StepRule, signed_step_rule
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
 
@@ -380,7 +381,7 @@ def balanced_cross_entropy(
         raise ValueError("segpgd_loss needs multi-channel logits (C > 1) and a class-index label (B, 1, *spatial)")
     indices = label[:, 0].long()
     per_voxel = F.cross_entropy(upcast_half(logits), indices, reduction="none")
-    agrees = logits.argmax(dim=1) == indices
+    agrees = argmax_classes(logits) == indices
     fooled = (agrees if targeted else ~agrees).to(per_voxel.dtype)
     lam = weight_wrong.to(per_voxel.dtype).reshape(-1, *([1] * (per_voxel.ndim - 1)))
     return ((1 - lam) * (1 - fooled) * per_voxel + lam * fooled * per_voxel).flatten(1).sum(dim=1)

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS, levels_to_epsilon
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, network_logits, plain_copy, unwrap_ddp
+from monai_advseg.attacks.scoring import case_scores
 from monai_advseg.attacks.specs import ATTACK_SPECS, AttackSpec, build_attack_spec
 from monai_advseg.engines.diagnostics import FULL_RANGE_LEVELS, GradientMaskingDiagnostics
 from monai_advseg.handlers.robustness_report import (
@@ -313,7 +315,12 @@ class RobustnessEvaluator(SupervisedEvaluator):
         extra: dict[str, Any] = {}
         if getattr(spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
             extra = {
-                "scorer": lambda logits, truth: self.scores(logits, truth, num_classes),
+                "scorer": partial(
+                    case_scores,
+                    num_classes=num_classes,
+                    include_background=self.include_background,
+                    ignore_empty=self.ignore_empty,
+                ),
                 "seed": self.seed,
                 "num_classes": num_classes,
             }
