@@ -172,6 +172,43 @@ def render(args) -> None:
     (args.results_dir / "worst_case.md").write_text(page(summary, args) + "\n")
 
 
+def budget(path: Path) -> list[str]:
+    """The "Budget" section from ``benchmarks/worst_case_budget.py --json`` (none when it was not measured)."""
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    nets = b["networks"]
+    first = next(iter(nets.values()))
+    labels = {"unet": "U-Net", "nlcen": "NLCEN", "nlce_unet": "NLCE-U-Net"}
+    per_case = "; ".join(
+        f"{labels.get(k, k)} {m['run']:.0f} s for {m['cases']} cases (attack {m['attack']:.0f} s, diagnostics "
+        f"{m['diagnostics']:.0f} s of which the black box {m['black_box']:.0f} s), so {m['per_case']:.0f} s per case "
+        f"without the black box; load average {'/'.join(f'{v:.1f}' for v in m['load'])} (1/5/15 min, the larger of "
+        f"before and after)"
+        for k, m in nets.items()
+    )
+    projected = ", ".join(f"{labels.get(k, k)} {m['projected_seconds'] / 60:.0f} min" for k, m in nets.items())
+    idle = ", ".join(f"{labels.get(k, k)} {m['projected_idle_seconds'] / 60:.0f} min" for k, m in nets.items())
+    slowest = max(m["projected_seconds"] for m in nets.values()) / 3600
+    return [
+        "",
+        "## Budget",
+        "",
+        f"{'Within' if slowest <= 1 else 'Over'} the hour: the shipped configuration (the CXR bundle's "
+        "`robust_evaluate.json` with `--attack worst_case`: `WorstCaseSpec` defaults, "
+        f"apgd_steps {first['apgd_steps']}, Kurakin steps for I-FGSM and SegPGD, at most {first['passes']} gradient "
+        "passes per case over the 18 eps; its default diagnostics: unbounded, noise, black box with "
+        f"{first['queries']} queries on the first {first['black_box_cases']} cases; no surrogate, so no transfer) "
+        f"at {b['size']}x{b['size']} projects to {projected} for the bundle's validation split of "
+        f"{first['split']} cases (the 250 pairs in `../shared`, `val_fraction` 0.2). Measured "
+        f"{b['started']} - {b['finished']} with `benchmarks/worst_case_budget.py` ({b['threads']} torch threads, "
+        f"nice {b['niceness']}) on the first {first['cases']} validation cases per network: {per_case}. The "
+        "projection is linear in the cases, plus the black box once; the 2 cores were shared with other jobs "
+        "during the run, so it is pessimistic. The same runs' CPU time spread over the threads (the wall time "
+        f"they would take on cores no other job uses) projects to {idle}.",
+    ]
+
+
 def page(summary: dict, args) -> str:
     """The results page: its first lines answer whether NLCEN's robustness is real."""
     top = max(args.worst_eps)
@@ -269,6 +306,7 @@ def page(summary: dict, args) -> str:
             f"| {e['label']} | {t['parameters'] / 1e6:.2f} M | {t['train_seconds']:.0f} | {e['paper']['seconds']:.0f} |"
             f" {w['seconds']:.0f} | {w['diagnostics_seconds']:.0f} |"
         )
+    lines += budget(args.results_dir / "worst_case_budget.json")
     lines += ["", "## Mean Dice per eps (paper's attack / worst case)", ""]
     names = list(summary)
     lines.append("| eps | " + " | ".join(f"{summary[n]['label']} paper | worst" for n in names) + " |")

@@ -482,15 +482,14 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self._started = time.perf_counter()
         self._generator = torch.Generator().manual_seed(self.seed) if self.attack_spec.random else None
         self._bar = None
+        steps = self.step_counts()
+        print(  # the cost before the run, with or without a progress bar
+            f"robustness {self.attack}: at most {sum(steps)} forward + input-backward passes per image over "
+            f"{len(steps)} eps (per eps: {steps}), plus {1 + len(steps)} scoring forwards",
+            file=sys.stderr,
+        )
         if self.progress is not False:
             from tqdm.auto import tqdm
-
-            steps = self.step_counts()
-            print(
-                f"robustness {self.attack}: at most {sum(steps)} forward + input-backward passes per image over "
-                f"{len(steps)} eps (per eps: {steps}), plus {1 + len(steps)} scoring forwards",
-                file=sys.stderr,
-            )
 
             length = self.state.epoch_length
             self._bar = tqdm(
