@@ -172,6 +172,52 @@ def render(args) -> None:
     (args.results_dir / "worst_case.md").write_text(page(summary, args) + "\n")
 
 
+def budget(path: Path) -> list[str]:
+    """The "Budget" section from ``benchmarks/worst_case_budget.py --json`` (none when it was not measured)."""
+    if not path.exists():
+        return []
+    b = json.loads(path.read_text())
+    nets = b["networks"]
+    first = next(iter(nets.values()))
+    labels = {"unet": "U-Net", "nlcen": "NLCEN", "nlce_unet": "NLCE-U-Net"}
+
+    def minutes(key: str) -> str:
+        return ", ".join(f"{labels.get(k, k)} {m[key] / 60:.0f} min" for k, m in nets.items())
+
+    def verdict(key: str) -> str:
+        return "within the hour" if max(m[key] for m in nets.values()) <= 3600 else "over the hour"
+
+    measured = "; ".join(
+        f"{labels.get(k, k)}: {m['cases']} cases in {m['run']:.0f} s (attack {m['attack']:.0f} s, diagnostics "
+        f"{m['diagnostics']:.0f} s of which the black box {m['black_box']:.0f} s), {m['per_case']:.0f} s per case "
+        f"without the black box, CPU {m['cpu']:.0f} s ({m['cpu_per_case_per_thread']:.0f} s per case); load average "
+        f"{'/'.join(f'{v:.1f}' for v in m['load'])} (1/5/15 min, the larger of before and after)"
+        for k, m in nets.items()
+    )
+    return [
+        "",
+        "## Budget",
+        "",
+        "The shipped configuration — the CXR bundle's `robust_evaluate.json` with `--attack worst_case`: "
+        f"`WorstCaseSpec` defaults (apgd_steps {first['apgd_steps']}, Kurakin steps for I-FGSM and SegPGD, at most "
+        f"{first['passes']} gradient passes per case over the paper's 18 eps) and its default diagnostics (unbounded, "
+        f"noise, black box with {first['queries']} queries on the first {first['black_box_cases']} cases; no "
+        f"surrogate, so no transfer) — at {b['size']}x{b['size']} on the bundle's validation split of "
+        f"{first['split']} cases (the 250 pairs in `../shared`, `val_fraction` 0.2) projects to "
+        f"**{minutes('projected_idle_seconds')}** on cores no other job uses ({verdict('projected_idle_seconds')}; "
+        f"the runs' CPU time, {b['threads']} torch thread, so one of the two cores), and to "
+        f"{minutes('projected_seconds')} of wall time as measured, with other jobs on the 2 cores "
+        f"({verdict('projected_seconds')}). The shipped budget is kept: the APGD members win most cases "
+        "(the wins per member below), so fewer APGD steps would weaken the number this page reports to meet a time "
+        "that only other jobs' load breaks.",
+        "",
+        f"Measured {b['started']} - {b['finished']} with `benchmarks/worst_case_budget.py` ({b['threads']} torch "
+        f"thread, nice {b['niceness']}), on the first validation cases: {measured}. The projection is linear in the "
+        "cases, plus the black box once (scaled to its cases).",
+        *(["", *b.get("notes", [])] if b.get("notes") else []),
+    ]
+
+
 def page(summary: dict, args) -> str:
     """The results page: its first lines answer whether NLCEN's robustness is real."""
     top = max(args.worst_eps)
@@ -269,6 +315,7 @@ def page(summary: dict, args) -> str:
             f"| {e['label']} | {t['parameters'] / 1e6:.2f} M | {t['train_seconds']:.0f} | {e['paper']['seconds']:.0f} |"
             f" {w['seconds']:.0f} | {w['diagnostics_seconds']:.0f} |"
         )
+    lines += budget(args.results_dir / "worst_case_budget.json")
     lines += ["", "## Mean Dice per eps (paper's attack / worst case)", ""]
     names = list(summary)
     lines.append("| eps | " + " | ".join(f"{summary[n]['label']} paper | worst" for n in names) + " |")

@@ -176,6 +176,7 @@ def apgd(
     random_start: bool = True,
     score_fn: ScoreFn | None = None,
     max_batch: int | None = None,
+    best_scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L-inf APGD: adaptive step size (from ``2 * eps``, halved at checkpoints), momentum 0.75, restarts from the best.
 
@@ -205,6 +206,8 @@ def apgd(
             by this score over all iterates and restarts (e.g. its Dice). Default: the attack's own objective (the
             best loss, as in the paper).
         max_batch: at most this many samples in one forward.
+        best_scores: a ``(B,)`` float64 CPU tensor that receives each sample's ``score_fn`` value of the returned
+            iterate (its iterates were scored in the attack's own forwards: no forward again), or None.
 
     Returns:
         The adversarial batch, ``|x_adv - x| <= epsilon`` exactly (epsilon in the image's dtype), inside
@@ -224,7 +227,7 @@ def apgd(
         if step_loss is not None:
             raise ValueError("apgd: loss 'balanced_ce' changes with the step; pass a score_fn (e.g. the Dice)")
         score_fn = _objective_score(network, loss_fn, label, targeted)
-    best, best_scores = None, None
+    best, lowest = None, None
     for _ in range(n_restarts):
         scores = torch.full((image.shape[0],), math.inf, dtype=torch.float64)
         result = _iterate(
@@ -242,14 +245,17 @@ def apgd(
             step_loss=step_loss,
             step_rule=APGDStepRule(),
             max_batch=max_batch,
-            score_fn=_recording(score_fn, scores),
+            score_fn=score_fn,
+            best_scores=scores,
         )
         if best is None:
-            best, best_scores = result, scores
+            best, lowest = result, scores
         else:
-            better = scores < best_scores
+            better = scores < lowest
             best[better.to(best.device)] = result[better.to(best.device)]
-            best_scores = torch.minimum(best_scores, scores)
+            lowest = torch.minimum(lowest, scores)
+    if best_scores is not None:
+        best_scores.copy_(lowest)
     return best
 
 
@@ -269,16 +275,5 @@ def _objective_score(network, loss_fn: LossFn, label: torch.Tensor, targeted: bo
 
     def score(logits: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
         return sign * loss_fn(logits, label[samples.to(label.device)]).double()
-
-    return score
-
-
-def _recording(score_fn: ScoreFn, lowest: torch.Tensor) -> ScoreFn:
-    """``score_fn`` that also keeps every sample's lowest score (the loop's best) in ``lowest`` (in place)."""
-
-    def score(logits: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        values = score_fn(logits, samples).detach().double().cpu()
-        lowest[samples] = torch.minimum(lowest[samples], values)
-        return values
 
     return score

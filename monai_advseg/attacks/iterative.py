@@ -25,6 +25,7 @@ from monai_advseg.attacks.gradient import (
 )
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps_for
+from monai_advseg.attacks.scoring import argmax_classes
 from monai_advseg.attacks.step_rules import StepContext, StepRule, l2_step_rule, signed_step_rule
 from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range, check_max_batch
 
@@ -169,6 +170,7 @@ def _iterate(
     max_batch: int | None = None,
     score_fn: ScoreFn | None = None,
     norm: str = "linf",
+    best_scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The one attack loop: per-sample steps, active-set compaction, shared trajectories, projection and clipping.
 
@@ -187,11 +189,14 @@ def _iterate(
             repeated batch), or None. Only for deterministic, stateless step rules without a random start.
         max_batch: at most this many samples per forward (None: all active leaders at once).
         score_fn: when given, return each sample's best iterate by this score (lowest wins) among all iterates
-            ``x_0 .. x_T``, not the last; the final iterates cost one more forward (no backward).
+            ``x_0 .. x_T``, not the last; the final iterates cost one more forward (no backward). Each distinct
+            iterate is scored once: samples sharing a trajectory take their leader's score.
         norm: the threat model, chosen once for the whole call: ``"linf"`` (the box ``|x_adv - x| <= eps``) or
             ``"l2"`` (``||x_adv - x||_2 <= eps`` per sample, :func:`pgd_l2`). It picks the projection, the random
             start and the default step rule; the active set, the compaction and the clipping are the same loop.
             No trajectory sharing with ``"l2"``.
+        best_scores: with ``score_fn``, a ``(B,)`` float64 CPU tensor that receives each sample's score of the
+            returned iterate (inf for a sample without steps), so that callers need not forward it again.
         Others as in :func:`iterative_fgsm` / :func:`pgd`.
     """
     check_attack_inputs(image, label)
@@ -232,14 +237,21 @@ def _iterate(
             outputs = _leader_gradients(
                 module, adversarial, target, heads, counts, t, loss_fn, step_loss, max_batch, needs_loss or best
             )
+            # scored at the leaders only: a follower's iterate and label are its leader's, bit for bit
+            head_scores = None if best is None else best.score(outputs[1], heads)
+            position = torch.full((batch,), -1, dtype=torch.long)
+            position[heads] = torch.arange(heads.numel())
             if shared:  # followers take their leader's gradient (and outputs)
-                position = torch.full((batch,), -1, dtype=torch.long)
-                position[heads] = torch.arange(heads.numel())
-                gather = position[leader[active]].to(image.device)
-                outputs = tuple(None if o is None else o[gather] for o in outputs)
-            gradient, logits, losses = outputs
+                gather = position[leader[active]]
+                outputs = tuple(None if o is None else o[gather.to(image.device)] for o in outputs)
+            gradient, losses = outputs[0], outputs[2]
             if best is not None:
-                best.update(x_t, logits, active)
+                best.update(x_t, head_scores[gather] if shared else head_scores, active)
+                if share is not None and t > 0:  # followers whose steps ended at t hold their leader's x_t
+                    ended = torch.nonzero((counts == t) & (leader != torch.arange(batch))).flatten()
+                    ended = ended[counts[leader[ended]] > t]
+                    if ended.numel():
+                        best.update(adversarial[ended.to(image.device)], head_scores[position[leader[ended]]], ended)
             if needs_loss and losses is None:
                 raise ValueError("this step rule needs a loss that returns one value per sample, shape (B,)")
             project_active = ball.projector(index)
@@ -262,11 +274,10 @@ def _iterate(
             else:
                 adversarial[index] = updated
         if best is not None:
-            stepped = torch.nonzero(counts > 0).flatten()
-            if stepped.numel():  # the final iterates have not been scored yet
-                final = adversarial[stepped.to(image.device)]
-                best.update(final, forward_in_chunks(module, final, max_batch), stepped)
+            _score_final_iterates(best, module, adversarial, counts, leader, max_batch)
             adversarial = best.iterates
+            if best_scores is not None:
+                best_scores.copy_(best.scores)
     return adversarial
 
 
@@ -320,13 +331,42 @@ class _BestIterates:
         self.scores = torch.full((start.shape[0],), float("inf"), dtype=torch.float64)
         self.score_fn = score_fn
 
-    def update(self, iterates: torch.Tensor, logits: torch.Tensor, samples: torch.Tensor) -> None:
-        scores = self.score_fn(logits, samples).detach().double().cpu()
+    def score(self, logits: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """``score_fn`` of the ``samples``' logits, ``(n,)`` float64 on the CPU."""
+        return self.score_fn(logits, samples).detach().double().cpu()
+
+    def update(self, iterates: torch.Tensor, scores: torch.Tensor, samples: torch.Tensor) -> None:
+        """Keep ``iterates`` (of ``samples``) where their ``scores`` are lower than the best so far."""
         better = scores < self.scores[samples]
         if bool(better.any()):
             rows = samples[better]
             self.scores[rows] = scores[better]
             self.iterates[rows.to(iterates.device)] = iterates[better.to(iterates.device)]
+
+
+def _score_final_iterates(
+    best: _BestIterates,
+    module: nn.Module,
+    adversarial: torch.Tensor,
+    counts: torch.Tensor,
+    leader: torch.Tensor,
+    max_batch: int | None,
+) -> None:
+    """Score the final iterates not scored in the loop, with one forward per distinct iterate.
+
+    A follower that stopped before its leader was scored at its last step (its iterate was the leader's); one that
+    stopped with its leader shares the leader's final iterate, so only the leaders of the rest are forwarded.
+    """
+    stepped = torch.nonzero(counts > 0).flatten()
+    rest = stepped[(leader[stepped] == stepped) | (counts[leader[stepped]] == counts[stepped])]
+    own = rest[leader[rest] == rest]  # a leader has the most steps of its group: every rest's leader is in own
+    if own.numel() == 0:
+        return
+    device = adversarial.device
+    own_scores = best.score(forward_in_chunks(module, adversarial[own.to(device)], max_batch), own)
+    position = torch.full((leader.shape[0],), -1, dtype=torch.long)
+    position[own] = torch.arange(own.numel())
+    best.update(adversarial[rest.to(device)], own_scores[position[leader[rest]]], rest)
 
 
 def _leader_gradients(
@@ -530,7 +570,7 @@ def balanced_cross_entropy(
         raise ValueError("segpgd_loss needs multi-channel logits (C > 1) and a class-index label (B, 1, *spatial)")
     indices = label[:, 0].long()
     per_voxel = F.cross_entropy(upcast_half(logits), indices, reduction="none")
-    agrees = logits.argmax(dim=1) == indices
+    agrees = argmax_classes(logits) == indices
     fooled = (agrees if targeted else ~agrees).to(per_voxel.dtype)
     lam = weight_wrong.to(per_voxel.dtype).reshape(-1, *([1] * (per_voxel.ndim - 1)))
     return ((1 - lam) * (1 - fooled) * per_voxel + lam * fooled * per_voxel).flatten(1).sum(dim=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from monai_advseg.attacks.scoring import argmax_classes
+
 __all__ = [
     "dice_loss",
     "jensen_shannon_loss",
@@ -69,7 +71,7 @@ def _indices(label: torch.Tensor, channels: int) -> torch.Tensor:
     if label.shape[1] == 1:
         return label[:, 0].long()
     if label.shape[1] == channels:
-        return label.argmax(dim=1)
+        return argmax_classes(label)
     raise ValueError(f"label has {label.shape[1]} channels; expected 1 (class indices) or {channels} (one-hot)")
 
 
@@ -90,7 +92,7 @@ def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Ten
     """
     logits = _two_class(logits)
     indices = _indices(label, logits.shape[1])
-    correct = (logits.argmax(dim=1) == indices).to(logits.dtype)
+    correct = (argmax_classes(logits) == indices).to(logits.dtype)
     return _per_sample(correct * F.cross_entropy(logits, indices, reduction="none"))
 
 
@@ -118,7 +120,7 @@ def masked_spherical_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Te
     """
     logits = _two_class(logits)
     indices = _indices(label, logits.shape[1])
-    correct = (logits.argmax(dim=1) == indices).to(logits.dtype)
+    correct = (argmax_classes(logits) == indices).to(logits.dtype)
     normalised = logits / logits.norm(dim=1, keepdim=True).clamp_min(1e-12)
     true_logit = normalised.gather(1, indices[:, None])[:, 0]
     return _per_sample(-correct * true_logit)

@@ -552,7 +552,10 @@ class WorstCaseSpec(AttackSpec):
             dice, foreground = values["dice"].double(), values["foreground"].double()
             return torch.where(torch.isfinite(dice), dice, -foreground)
 
-        worst_score = score(forward_in_chunks(network, images, max_batch), torch.arange(count)).cpu()
+        # the strengths' copies of an image are one image: its clean score is forwarded once
+        clean = score(forward_in_chunks(network, image, max_batch), torch.arange(image.shape[0])).cpu()
+        worst_score = clean.repeat(len(levels))
+
         worst = images.clone()
         winner = torch.full((count,), -1, dtype=torch.long)
         member_scores = {m: torch.full((count,), float("nan"), dtype=torch.float64) for m in self.members}
@@ -569,6 +572,7 @@ class WorstCaseSpec(AttackSpec):
                 rows
             ]
             generators = _sample_generators(seed, member, images[index], level_of[rows])
+            scores = torch.empty(rows.numel(), dtype=torch.float64)  # the returned iterates': no forward again
             result = self._run_member(
                 member,
                 network,
@@ -582,8 +586,8 @@ class WorstCaseSpec(AttackSpec):
                 generators,
                 lambda logits, local, rows=rows: score(logits, rows[local.cpu()]),
                 num_classes,
+                scores,
             )
-            scores = score(forward_in_chunks(network, result, max_batch), rows).cpu()
             member_scores[member][rows] = scores
             better = scores < worst_score[rows]
             if bool(better.any()):
@@ -601,7 +605,20 @@ class WorstCaseSpec(AttackSpec):
         return worst.reshape(len(levels), *image.shape)
 
     def _run_member(
-        self, member, network, images, labels, epsilon, steps, source, lo_hi, max_batch, generators, score, num_classes
+        self,
+        member,
+        network,
+        images,
+        labels,
+        epsilon,
+        steps,
+        source,
+        lo_hi,
+        max_batch,
+        generators,
+        score,
+        num_classes,
+        best_scores,
     ):
         from monai_advseg.attacks.apgd import apgd  # apgd imports this module's siblings only
 
@@ -620,6 +637,7 @@ class WorstCaseSpec(AttackSpec):
                 share=source,
                 max_batch=max_batch,
                 score_fn=score,
+                best_scores=best_scores,
             )
         if member == "segpgd":
             return _iterate(
@@ -637,6 +655,7 @@ class WorstCaseSpec(AttackSpec):
                 step_loss=segpgd_step_loss(),
                 max_batch=max_batch,
                 score_fn=score,
+                best_scores=best_scores,
             )
         return apgd(
             network,
@@ -649,6 +668,7 @@ class WorstCaseSpec(AttackSpec):
             generator=generators,
             score_fn=score,
             max_batch=max_batch,
+            best_scores=best_scores,
         )
 
 

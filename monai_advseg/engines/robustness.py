@@ -137,7 +137,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
         output_dir: folder for the report files; None writes none.
         overwrite: replace existing report files in ``output_dir``.
         plot: also write ``robustness.png`` and the example gallery.
-        progress: tqdm bar over epsilons x batches (and the cost printed before); None: on a terminal.
+        progress: tqdm bar over epsilons x batches; None: on a terminal. The estimated cost is printed to stderr
+            before every run either way.
         checkpoint: optional weights file loaded with :func:`load_network_weights`.
         config: extra JSON-serialisable information stored in the report (e.g. bundle name, data split).
         epoch_length, non_blocking, val_handlers, to_kwargs: as in MONAI's ``SupervisedEvaluator``.
@@ -214,8 +215,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         RobustnessGalleryCollector().attach(self)
         if self.diagnostics is not None:
             self.diagnostics.attach(self)
-        if progress is not False:
-            SweepProgressBar(progress).attach(self)
+        SweepProgressBar(progress).attach(self)  # the cost is printed before every run, the bar as ``progress`` says
         if self.report_writer is not None:
             self.report_writer.attach(self)
         if val_handlers is not None:
@@ -256,7 +256,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
         extra: dict[str, Any] = {}
         if getattr(spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
             extra = {
-                "scorer": lambda logits, truth: self.scores(logits, truth, num_classes),
+                "scorer": _per_step_scorer(self.scorer, num_classes),
                 "seed": self.seed,
                 "num_classes": num_classes,
             }
@@ -377,3 +377,12 @@ def _diagnostics(
     if diagnostics is not None:
         diagnostics.check_levels(epsilon_levels)
     return diagnostics
+
+
+def _per_step_scorer(scorer: Callable, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+    """What an ensemble picks its worst iterates by: the scorer's own fast per-step form where it has one (the
+    default scorer's is the same Dice from one bincount), else the scorer itself."""
+    per_step = getattr(scorer, "per_step", None)
+    if per_step is not None:
+        return per_step(num_classes)
+    return lambda logits, truth: scorer(logits, truth, num_classes)

@@ -27,7 +27,6 @@ from monai_advseg.handlers.robustness_gallery import (
     GALLERY_CASES,
     RobustnessGalleryCollector,
     gallery_levels,
-    predicted_labels,
 )
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
@@ -68,7 +67,6 @@ __all__ = [
     "GALLERY_CASES",
     "RobustnessGalleryCollector",
     "gallery_levels",
-    "predicted_labels",
     "SweepProgressBar",
     "REPORT_FILES",
     "RobustnessReportWriter",

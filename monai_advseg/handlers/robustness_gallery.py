@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["GALLERY_CASES", "RobustnessGalleryCollector", "gallery_levels", "predicted_labels"]
+from monai_advseg.attacks.scoring import predicted_classes
+
+__all__ = ["GALLERY_CASES", "RobustnessGalleryCollector", "gallery_levels"]
 
 #: Cases whose images the gallery keeps (the first ones the sweep sees; bounded memory).
 GALLERY_CASES = 3
@@ -34,13 +36,6 @@ def gallery_levels(levels: Sequence[float], count: int = 3) -> list[float]:
     top = max(positive)
     wanted = [top / 4, top / 2, top][-count:]
     return sorted({min(positive, key=lambda e, w=w: abs(e - w)) for w in wanted})
-
-
-def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
-    """``(B, C, *spatial)`` logits -> ``(B, *spatial)`` class indices (argmax; ``sigmoid >= 0.5`` for one channel)."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits.float()) >= 0.5).long()[:, 0]
-    return logits.argmax(dim=1)
 
 
 class RobustnessGalleryCollector:
@@ -74,10 +69,10 @@ class RobustnessGalleryCollector:
             return
         columns = [engine.epsilon_levels.index(e) for e in levels]
         adversarial = [output["adversarial"][c, :take].detach() for c in columns]
-        predictions = [predicted_labels(engine.predict_logits(images)).cpu() for images in adversarial]
+        predictions = [predicted_classes(engine.predict_logits(images)).cpu() for images in adversarial]
         label = output["label"]
         truth = label[:, 0] if label.shape[1] == 1 else label.argmax(dim=1)
-        clean = predicted_labels(output["pred"][:take]).cpu()
+        clean = predicted_classes(output["pred"][:take]).cpu()
         for b in range(take):
             gallery.append(
                 {

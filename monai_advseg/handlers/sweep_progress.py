@@ -13,10 +13,10 @@ class SweepProgressBar:
     """tqdm bar of a :class:`~monai_advseg.engines.RobustnessEvaluator` run (one tick per strength and batch).
 
     Before the run it prints to stderr how many forward + input-backward passes the attack takes per image (from the
-    engine's ``step_counts()``), so a user sees the cost before waiting for it.
+    engine's ``step_counts()``), so a user sees the cost before waiting for it — also without a bar.
 
     Args:
-        show: True always, None only on a terminal (tqdm's ``disable=None``).
+        show: True always, None only on a terminal (tqdm's ``disable=None``), False never (the cost is still printed).
     """
 
     def __init__(self, show: bool | None = None) -> None:
@@ -37,6 +37,8 @@ class SweepProgressBar:
             f"{len(steps)} eps (per eps: {steps}), plus {1 + len(steps)} scoring forwards",
             file=sys.stderr,
         )
+        if self.show is False:
+            return
         length = engine.state.epoch_length
         self.bar = tqdm(
             total=None if length is None else length * len(steps),

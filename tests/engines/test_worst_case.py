@@ -106,3 +106,10 @@ def test_one_hot_labels_give_the_same_worst_case(trained, data, ensemble):
     images, labels = data
     one_hot = torch.nn.functional.one_hot(labels[:, 0], 2).movedim(-1, 1).float()
     assert _dice(_run(trained, images, one_hot, members=MEMBERS)) == _dice(ensemble)
+
+
+def test_the_run_prints_its_cost_before_it_starts_without_a_progress_bar(trained, data, capsys):
+    # a bundle run whose stderr is no terminal has no progress bar; it printed no cost either
+    _run(trained, *data, members=["apgd_js"], threshold=0.999)  # every case counts as broken: nothing is attacked
+    err = capsys.readouterr().err
+    assert "robustness worst_case: at most 12 forward + input-backward passes per image over 2 eps" in err
