@@ -4,8 +4,10 @@ Model: the MONAI model zoo's spleen_ct_segmentation 3D UNet, built from its ``co
 (``../shared/zoo``; the same arguments are kept below for machines without that folder), random weights (seed 0),
 eval mode. Inferer: ``SlidingWindowInferer(roi 96^3, overlap 0.5)`` as in that bundle, with ``sw_batch_size`` 1 and
 4 (the bundle's); naive = MONAI's inferer differentiated directly, streamed =
-:class:`monai_advseg.inferers.StreamedSlidingWindowInferer`. One attack step = the attack core's forward + input-only
-backward (``monai_advseg.attacks.gradient.input_gradient``, summed cross-entropy to random labels) of one volume
+:class:`monai_advseg.inferers.StreamedSlidingWindowInferer` (its default ``gradient_batch_size`` 1: the backward
+recomputes one window at a time whatever ``sw_batch_size``; ``--gradient-batch-size 0`` recomputes
+``sw_batch_size``). One attack step = the attack core's forward + input-only backward
+(``monai_advseg.attacks.gradient.input_gradient``, summed cross-entropy to random labels) of one volume
 ``1x1xHxWxD``.
 
 Memory: on the CPU each case runs in a fresh process, and the figure is the growth of ``ru_maxrss`` over the step
@@ -18,6 +20,7 @@ windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last lin
 ``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
 
     python benchmarks/sliding_window_memory.py [--device cpu] [--sw-batch 1 4] [--volumes 96x96x96 ...]
+        [--gradient-batch-size 1]
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def run_case(
     roi: int,
     overlap: float,
     repeats: int,
+    gradient_batch_size: int | None = 1,
 ) -> dict[str, Any]:
     """One case: build the model and the volume, then measure the attack step's memory growth and time.
 
@@ -106,7 +110,10 @@ def run_case(
     args, _ = spleen_unet_args()
     network = UNet(**args).eval().to(device)
     settings = dict(roi_size=(roi,) * 3, sw_batch_size=sw_batch, overlap=overlap)
-    inferer = StreamedSlidingWindowInferer(**settings) if streamed else SlidingWindowInferer(**settings)
+    if streamed:
+        inferer = StreamedSlidingWindowInferer(**settings, gradient_batch_size=gradient_batch_size)
+    else:
+        inferer = SlidingWindowInferer(**settings)
     module = _Windowed(network, inferer)
     generator = torch.Generator().manual_seed(1)
     image = torch.rand((1, 1, *volume), generator=generator).to(device)
@@ -155,20 +162,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap (the bundle's 0.5)")
     parser.add_argument("--repeats", type=int, default=1, help="timed steps per case (the first is the memory step)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--gradient-batch-size",
+        type=int,
+        default=1,
+        help="windows the streamed backward recomputes at once (the inferer's default 1; 0: sw_batch_size)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this (fresh) process
     add_device_argument(parser)
     args = parser.parse_args(argv)
     device = resolve_device(parser, args.device)
     torch.set_num_threads(args.threads)
+    gradient_batch = args.gradient_batch_size or None
     if args.case is not None:
         case = json.loads(args.case)
-        result = run_case(device, case["streamed"], tuple(case["volume"]), case["sw_batch"], args.roi, args.overlap, 1)
+        volume, sw_batch = tuple(case["volume"]), case["sw_batch"]
+        result = run_case(device, case["streamed"], volume, sw_batch, args.roi, args.overlap, 1, gradient_batch)
         print(json.dumps(result))
         return None
     unet_args, source = spleen_unet_args()
     volumes = sorted(args.volumes, key=lambda v: v[0] * v[1] * v[2])
     print(f"device: {device}; network: MONAI UNet {unet_args} from {source}")
     print(f"roi {args.roi}^3, overlap {args.overlap}; one step = forward + input-only backward of a 1x1xHxWxD volume")
+    recomputed = "sw_batch_size" if gradient_batch is None else gradient_batch
+    print(f"streamed backward: gradient_batch_size {recomputed} (windows recomputed with autograd at once)")
     memory = "ru_maxrss growth over the step, fresh process per case" if device.type == "cpu" else "max allocated"
     print(f"memory: {memory}")
     print(
@@ -183,10 +200,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 if device.type == "cpu":
                     case = {"streamed": streamed, "volume": list(volume), "sw_batch": sw_batch}
                     extra = ["--roi", str(args.roi), "--overlap", str(args.overlap)]
+                    extra += ["--gradient-batch-size", str(args.gradient_batch_size)]
                     result[streamed] = _in_fresh_process_with(case, args.threads, extra)
                 else:
                     result[streamed] = run_case(
-                        device, streamed, volume, sw_batch, args.roi, args.overlap, args.repeats
+                        device, streamed, volume, sw_batch, args.roi, args.overlap, args.repeats, gradient_batch
                     )
             naive, streamed_ = result[False], result[True]
             row = {

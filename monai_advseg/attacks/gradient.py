@@ -138,6 +138,9 @@ def input_gradient(
     per_sample = loss.detach() if loss.ndim == 1 and loss.shape[0] == image.shape[0] else None
     if loss.ndim:
         loss = loss.sum()
+    if not return_outputs:
+        # the graph keeps what the backward needs; a volume-sized tensor less while it runs (streamed windows)
+        del logits
     (gradient,) = torch.autograd.grad(loss, image)
     if return_outputs:
         return gradient, logits.detach(), per_sample

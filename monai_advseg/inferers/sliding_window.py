@@ -2,11 +2,13 @@
 
 Differentiating MONAI's ``sliding_window_inference`` directly keeps the autograd graph of every window of the volume
 alive until the backward pass: memory grows with the volume. Here the forward is MONAI's own
-``sliding_window_inference`` run without autograd (the same output, bit for bit), and the backward recomputes one
-``sw_batch_size`` batch of windows at a time with autograd and back-propagates that batch's share of the output
+``sliding_window_inference`` run without autograd (the same output, bit for bit), and the backward recomputes a few
+windows at a time (``gradient_batch_size``, default one) with autograd and back-propagates their share of the output
 gradient into the input. The share of a window is the output gradient over its patch, divided by the count map (the
 sum of the blending weights over all windows, as MONAI normalises) and multiplied by the window's importance map.
-Peak memory is then one window batch's graph plus a few volume-sized tensors, whatever the volume size.
+The count map is rebuilt patch by patch from the windows that overlap it (no volume-sized count map). Peak memory is
+then one window batch's graph plus the output gradient and the input gradient (12 bytes per voxel for two float32
+classes), whatever the volume size.
 
 The streamed backward gives the gradient with respect to the *input only*: the network's parameters receive no
 gradient (their ``.grad`` stays untouched). This is what attacks need; use ``streamed=False`` (MONAI's plain,
@@ -68,6 +70,7 @@ class _WindowPlan:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     check_shape: bool = False
+    gradient_batch_size: int | None = 1
 
     def main_logits(self, window: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The predictor's main logits for a window batch (the first item of a deep-supervision output)."""
@@ -151,11 +154,6 @@ class _WindowPlan:
         slices = dense_patch_slices(image_size, roi_size, scan_interval)
         weight = self.importance_map(image_size, roi_size, sw_device, dtype)
 
-        # The count map as MONAI accumulates it (same additions, same order): output = sum(w * window) / count.
-        count = torch.zeros([1, 1, *image_size], dtype=dtype, device=device)
-        weight_on_device = weight.to(device)
-        for window in slices:
-            count[(slice(None), slice(None), *window)] += weight_on_device
         grad = grad_output.to(device=device, dtype=dtype)
         if padded:  # MONAI crops the padded output back to the input's size: the gradient of the crop is zero-fill
             crop = [
@@ -165,25 +163,26 @@ class _WindowPlan:
             full = torch.zeros((*grad.shape[:2], *image_size), dtype=dtype, device=device)
             full[(slice(None), slice(None), *crop)] = grad
             grad = full
-        del weight_on_device
+        counts = _WindowCounts(slices, weight.to(device))
 
         source = F.pad(inputs, pad=pad_size, mode=pad_mode, value=self.cval) if padded else inputs
         grad_source = torch.zeros_like(source)
         num_win = len(slices)
-        starts = list(range(0, num_win * batch, self.sw_batch_size))
+        step = self.sw_batch_size if self.gradient_batch_size is None else self.gradient_batch_size
+        starts = list(range(0, num_win * batch, step))
         # Last batch first, last window first: the order in which autograd sums the naive path's window gradients
-        # (it runs the most recently created nodes first), so overlapping windows add up in the same order.
+        # (it runs the most recently created nodes first), so overlapping windows add up in the same order whatever
+        # the number of windows recomputed at once.
         batches = reversed(starts)
         for start in tqdm(batches, total=len(starts)) if self.progress else batches:
-            indices = range(start, min(start + self.sw_batch_size, num_win * batch))
+            indices = range(start, min(start + step, num_win * batch))
             windows = [(slice(i // num_win, i // num_win + 1), slice(None), *slices[i % num_win]) for i in indices]
             window_data = torch.cat([source[w] for w in windows]).to(sw_device).requires_grad_(True)
             coords = ([list(w) for w in windows],) if self.with_coord else ()
             with torch.enable_grad():
                 logits = self.main_logits(window_data, *coords, *self.args, **self.kwargs)
-            # divided window by window, not as a whole volume: one volume-sized tensor less (same values: the
-            # division is elementwise)
-            share = torch.cat([grad[w] / count[(slice(None), slice(None), *w[2:])] for w in windows])
+            # divided window by window by the window's own count patch: no volume-sized count map (same values)
+            share = torch.cat([grad[w] / counts.patch(i % num_win) for w, i in zip(windows, indices, strict=True)])
             share = share.to(sw_device) * weight
             # inputs=window_data only: the network's parameters get no gradient, their .grad stays untouched
             (window_grad,) = torch.autograd.grad(logits, window_data, share.to(logits.dtype))
@@ -192,7 +191,7 @@ class _WindowPlan:
             for position in reversed(range(len(windows))):
                 grad_source[windows[position]] += window_grad[position : position + 1]
             del window_data, window_grad
-        del grad, count
+        del grad
         if not padded:
             return grad_source
         leaf = inputs.detach().requires_grad_(True)
@@ -201,6 +200,33 @@ class _WindowPlan:
                 F.pad(leaf, pad=pad_size, mode=pad_mode, value=self.cval), leaf, grad_source
             )
         return grad_inputs
+
+
+class _WindowCounts:
+    """The count map (sum of the blending weights of all windows) over one window's patch, without the volume map.
+
+    Each voxel's weights are added in MONAI's order (window by window, as its count map accumulates them), starting
+    from zero, so every value equals MONAI's count map bit for bit; only the windows that overlap the patch are
+    visited. Saves a volume-sized tensor (4 bytes per voxel in float32) in the backward pass.
+    """
+
+    def __init__(self, slices: Sequence[Sequence[slice]], weight: torch.Tensor) -> None:
+        self.slices, self.weight = slices, weight
+        self.starts = torch.tensor([[s.start for s in window] for window in slices])
+        self.stops = torch.tensor([[s.stop for s in window] for window in slices])
+
+    def patch(self, index: int) -> torch.Tensor:
+        """The count map over window ``index``'s patch, shaped like the weight map ``(1, 1, *roi)``."""
+        start, stop = self.starts[index], self.stops[index]
+        overlapping = ((self.starts < stop) & (self.stops > start)).all(dim=1).nonzero()[:, 0].tolist()
+        count = torch.zeros_like(self.weight)
+        for other in overlapping:  # ascending: MONAI's order
+            low = torch.maximum(self.starts[other], start).tolist()
+            high = torch.minimum(self.stops[other], stop).tolist()
+            own = [slice(a - s, b - s) for a, b, s in zip(low, high, start.tolist(), strict=True)]
+            theirs = [slice(a - s, b - s) for a, b, s in zip(low, high, self.starts[other].tolist(), strict=True)]
+            count[(slice(None), slice(None), *own)] += self.weight[(slice(None), slice(None), *theirs)]
+        return count
 
 
 class _StreamedWindows(torch.autograd.Function):
@@ -217,6 +243,11 @@ class _StreamedWindows(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
         (inputs,) = ctx.saved_tensors
         return ctx.plan.input_gradient(inputs, grad_output), None
+
+
+def _check_gradient_batch_size(value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"gradient_batch_size must be a positive integer or None (sw_batch_size), got {value!r}")
 
 
 def _training_submodules(predictor: Callable) -> bool:
@@ -242,6 +273,7 @@ def streamed_sliding_window_inference(
     with_coord: bool = False,
     *args: Any,
     streamed: bool = True,
+    gradient_batch_size: int | None = 1,
     **kwargs: Any,
 ) -> torch.Tensor:
     """MONAI's ``sliding_window_inference`` of the main logits, with a streamed (bounded-memory) input gradient.
@@ -264,16 +296,22 @@ def streamed_sliding_window_inference(
         predictor: the network (or callable) applied to each window batch.
         streamed: False gives MONAI's plain differentiable path (gradients also reach the parameters, memory grows
             with the volume).
+        gradient_batch_size: windows recomputed with autograd at once in the streamed backward; None: as many as
+            ``sw_batch_size``. The default 1 bounds the autograd graph at one window whatever ``sw_batch_size``
+            (the forward still runs ``sw_batch_size`` windows at once, without autograd); the windows' gradients
+            are summed in the same order either way.
 
     Returns:
         The stitched main logits ``(B, C, *spatial)`` on ``device`` (default: the input's).
 
     Raises:
-        ValueError: for a ``condition`` keyword, or, when streaming, for a predictor output patch whose spatial size
+        ValueError: for a ``condition`` keyword, a ``gradient_batch_size`` that is not a positive integer or None,
+            or, when streaming, for a predictor output patch whose spatial size
             differs from its window's, or an ``nn.Module`` predictor in training mode.
     """
     if "condition" in kwargs:
         raise ValueError("streamed_sliding_window_inference does not slice a `condition`; use MONAI's inferer")
+    _check_gradient_batch_size(gradient_batch_size)
     plan = _WindowPlan(
         roi_size,
         sw_batch_size,
@@ -292,6 +330,7 @@ def streamed_sliding_window_inference(
         with_coord,
         args,
         kwargs,
+        gradient_batch_size=gradient_batch_size,
     )
     if not (streamed and torch.is_grad_enabled() and inputs.requires_grad):
         return plan.infer(inputs)  # nothing to stream: MONAI's path (with its graph if autograd wants one)
@@ -315,7 +354,9 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
     The output equals ``SlidingWindowInferer`` with the same arguments bit for bit (the main logits: the first item
     of a deep-supervision output). Its input gradient (any attack differentiating ``inferer(x, network)``) is
     computed by :func:`streamed_sliding_window_inference`: one ``sw_batch_size`` batch of windows in memory at a
-    time instead of the whole volume's graph, equal to the naive gradient up to rounding. Input only: parameters get
+    time instead of the whole volume's graph, equal to the naive gradient up to rounding; ``gradient_batch_size``
+    windows (default 1, None: ``sw_batch_size``) are recomputed with autograd at once, so the default holds one
+    window's graph whatever ``sw_batch_size``. Input only: parameters get
     no gradient; the network must be in eval mode; no double backward. ``streamed=False`` is MONAI's plain path.
 
     Examples::
@@ -333,6 +374,8 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
             cache_roi_weight_map, cpu_thresh, buffer_steps, buffer_dim, with_coord: as in MONAI's
             ``SlidingWindowInferer``.
         streamed: stream the input gradient (True) or use MONAI's plain differentiable path (False).
+        gradient_batch_size: windows recomputed with autograd at once in the streamed backward (default 1: one
+            window's graph in memory); None: ``sw_batch_size``.
     """
 
     def __init__(
@@ -353,6 +396,7 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
         buffer_dim: int = -1,
         with_coord: bool = False,
         streamed: bool = True,
+        gradient_batch_size: int | None = 1,
     ) -> None:
         super().__init__(
             roi_size,
@@ -371,15 +415,19 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
             buffer_dim,
             with_coord,
         )
+        _check_gradient_batch_size(gradient_batch_size)
         self.streamed = streamed
+        self.gradient_batch_size = gradient_batch_size
 
     @classmethod
-    def from_inferer(cls, inferer: SlidingWindowInferer, streamed: bool = True) -> StreamedSlidingWindowInferer:
+    def from_inferer(
+        cls, inferer: SlidingWindowInferer, streamed: bool = True, gradient_batch_size: int | None = 1
+    ) -> StreamedSlidingWindowInferer:
         """The streamed inferer with every setting of ``inferer`` (its cached weight map included).
 
         Args:
             inferer: a MONAI ``SlidingWindowInferer``.
-            streamed: as in the constructor.
+            streamed, gradient_batch_size: as in the constructor.
 
         Returns:
             A new :class:`StreamedSlidingWindowInferer`.
@@ -401,6 +449,7 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
             inferer.buffer_dim,
             inferer.with_coord,
             streamed,
+            gradient_batch_size,
         )
         copy.roi_weight_map = inferer.roi_weight_map  # MONAI's cache_roi_weight_map result, shared as is
         return copy
@@ -443,6 +492,7 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
             self.with_coord,
             *args,
             streamed=self.streamed,
+            gradient_batch_size=self.gradient_batch_size,
             **kwargs,
         )
 

@@ -72,13 +72,38 @@ def test_padding_modes_of_a_volume_smaller_than_the_roi(padding_mode):
 
 
 def test_float32_gradient_is_the_naive_one_bit_for_bit_on_the_cpu():
-    """The windows are recomputed in the same batches and their gradients summed in autograd's order."""
+    """With ``gradient_batch_size=None`` the windows are recomputed in the forward's batches and their gradients
+    summed in autograd's order; the count patches equal MONAI's count map bit for bit (gaussian weights)."""
     network = _unet(dtype=torch.float32)
     image, weight = _case((1, 1, 30, 22, 19), seed=3, dtype=torch.float32)
     settings = dict(roi_size=ROI, sw_batch_size=2, overlap=0.5, mode="gaussian")
     _, naive = _gradient(SlidingWindowInferer(**settings), network, image, weight)
-    _, streamed = _gradient(StreamedSlidingWindowInferer(**settings), network, image, weight)
+    _, streamed = _gradient(StreamedSlidingWindowInferer(**settings, gradient_batch_size=None), network, image, weight)
     assert torch.equal(streamed, naive)
+
+
+@pytest.mark.parametrize("gradient_batch_size", [1, 2, 5, None])
+@pytest.mark.parametrize("mode", ["constant", "gaussian"])
+def test_any_gradient_batch_size_gives_the_naive_gradient(mode, gradient_batch_size):
+    """Windows recomputed 1, 2 or 5 at a time (5 > sw_batch_size, and not dividing the 2 x 12 windows) or in the
+    forward's batches of 3: the same gradient (float64), two images, a volume not divisible by the roi."""
+    network = _unet()
+    image, weight = _case((2, 1, 27, 20, 17), seed=7)
+    settings = dict(roi_size=ROI, sw_batch_size=3, overlap=0.5, mode=mode, sigma_scale=0.2)
+    naive_out, naive = _gradient(SlidingWindowInferer(**settings), network, image, weight)
+    inferer = StreamedSlidingWindowInferer(**settings, gradient_batch_size=gradient_batch_size)
+    streamed_out, streamed = _gradient(inferer, network, image, weight)
+    assert torch.equal(streamed_out, naive_out)
+    assert naive.abs().max() > 1e-3
+    assert torch.allclose(streamed, naive, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_gradient_batch_size_is_refused(bad):
+    with pytest.raises(ValueError, match=f"gradient_batch_size must be a positive integer or None.*{bad!r}"):
+        StreamedSlidingWindowInferer(ROI, gradient_batch_size=bad)
+    with pytest.raises(ValueError, match="gradient_batch_size"):
+        streamed_sliding_window_inference(torch.rand(1, 1, 16, 16, 16), ROI, 1, nn.Identity(), gradient_batch_size=bad)
 
 
 def test_2d_and_roi_sizes_taken_from_the_image():
@@ -256,9 +281,57 @@ def test_the_graph_held_at_once_is_one_window_batch_whatever_the_volume():
     network = _unet(dtype=torch.float32)
     settings = dict(roi_size=ROI, sw_batch_size=2, overlap=0.25)
     shapes = [(1, 1, 32, 28, 28), (1, 1, 48, 40, 40)]  # 3 x 2 x 2 = 12 and 4 x 3 x 3 = 36 windows
-    streamed = [_graph_peak(StreamedSlidingWindowInferer(**settings), network, s) for s in shapes]
+    batched = StreamedSlidingWindowInferer(**settings, gradient_batch_size=None)  # recomputed 2 windows at a time
+    streamed = [_graph_peak(batched, network, s) for s in shapes]
     naive = [_graph_peak(SlidingWindowInferer(**settings), network, s) for s in shapes]
     # the graph of one batch of two windows, its input included
     one_batch = _graph_peak(lambda x, net: net(x), network, (2, 1, *ROI), skip_input=False)
     assert streamed[0] == streamed[1] == one_batch  # flat in the volume size: one window batch at a time
     assert naive[1] > 2.5 * naive[0] and naive[1] > 15 * streamed[1]  # the naive graph holds every window
+
+
+def test_the_default_gradient_batch_holds_one_window_whatever_sw_batch_size():
+    network = _unet(dtype=torch.float32)
+    shape = (1, 1, 32, 28, 28)
+    one_window = _graph_peak(lambda x, net: net(x), network, (1, 1, *ROI), skip_input=False)
+    for sw_batch_size in (1, 4):
+        inferer = StreamedSlidingWindowInferer(ROI, sw_batch_size=sw_batch_size, overlap=0.25)
+        assert _graph_peak(inferer, network, shape) == one_window
+    batched = StreamedSlidingWindowInferer(ROI, sw_batch_size=4, overlap=0.25, gradient_batch_size=None)
+    assert _graph_peak(batched, network, shape) == _graph_peak(lambda x, net: net(x), network, (4, 1, *ROI), False)
+
+
+def _peak_tensor_bytes(step) -> int:
+    """Peak live bytes of the CPU tensors allocated while ``step()`` runs (the profiler's allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_the_streamed_backward_allocates_12_bytes_per_voxel_beyond_the_windows():
+    """In the backward (float32, two classes) only the logits' gradient (8 B/voxel) and the input's (4 B/voxel) are
+    volume-sized: the count map is rebuilt per window patch. Measured as the growth of the backward's peak from one
+    volume to a larger one, so the windows' own graph (the same for both) cancels; with a volume-sized count map
+    (the previous layout) it grew by 16 B/voxel."""
+    torch.manual_seed(0)
+    network = nn.Conv3d(1, 2, 3, padding=1).eval()  # a small graph per window: the volume-sized tensors dominate
+    inferer = StreamedSlidingWindowInferer((32, 32, 32), sw_batch_size=4, overlap=0.25)  # 8 and 36 windows
+
+    def backward_peak(shape: tuple[int, ...]) -> int:
+        x = torch.rand(shape).requires_grad_(True)
+        weight = torch.randn((1, 2, *shape[2:]))
+        loss = (inferer(x, network) * weight).sum()  # the product's backward needs only `weight`
+        return _peak_tensor_bytes(lambda: torch.autograd.grad(loss, x))
+
+    small, large = (1, 1, 48, 48, 48), (1, 1, 96, 64, 64)
+    per_voxel = (backward_peak(large) - backward_peak(small)) / (torch.Size(large).numel() - torch.Size(small).numel())
+    assert 11.5 < per_voxel < 12.5
