@@ -20,7 +20,7 @@ windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last lin
 ``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
 
     python benchmarks/sliding_window_memory.py [--device cpu] [--sw-batch 1 4] [--volumes 96x96x96 ...]
-        [--gradient-batch-size 1]
+        [--gradient-batch-size 1] [--mmap-threshold BYTES]
 """
 
 from __future__ import annotations
@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         default=1,
         help="windows the streamed backward recomputes at once (the inferer's default 1; 0: sw_batch_size)",
     )
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        help="CPU: run the cases with glibc's MALLOC_MMAP_THRESHOLD_ fixed at this many bytes (default: glibc's "
+        "dynamic threshold), so that freed large buffers leave the resident size instead of staying in the heap",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this (fresh) process
     add_device_argument(parser)
     args = parser.parse_args(argv)
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     recomputed = "sw_batch_size" if gradient_batch is None else gradient_batch
     print(f"streamed backward: gradient_batch_size {recomputed} (windows recomputed with autograd at once)")
     memory = "ru_maxrss growth over the step, fresh process per case" if device.type == "cpu" else "max allocated"
+    if device.type == "cpu" and args.mmap_threshold is not None:
+        memory += f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
     print(f"memory: {memory}")
     print(
         f"{'sw_batch':>8} {'volume':>12} {'windows':>7} {'naive MiB':>10} {'streamed MiB':>12} {'mem ratio':>9} "
@@ -201,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                     case = {"streamed": streamed, "volume": list(volume), "sw_batch": sw_batch}
                     extra = ["--roi", str(args.roi), "--overlap", str(args.overlap)]
                     extra += ["--gradient-batch-size", str(args.gradient_batch_size)]
-                    result[streamed] = _in_fresh_process_with(case, args.threads, extra)
+                    result[streamed] = _in_fresh_process_with(case, args.threads, extra, args.mmap_threshold)
                 else:
                     result[streamed] = run_case(
                         device, streamed, volume, sw_batch, args.roi, args.overlap, args.repeats, gradient_batch
@@ -248,11 +256,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     }
 
 
-def _in_fresh_process_with(case: dict[str, Any], threads: int, extra: list[str]) -> dict[str, Any]:
+def _in_fresh_process_with(
+    case: dict[str, Any], threads: int, extra: list[str], mmap_threshold: int | None = None
+) -> dict[str, Any]:
     """Run one case in a new Python process (its own ``ru_maxrss``) and return its figures."""
     command = [sys.executable, str(Path(__file__).resolve()), "--case", json.dumps(case), "--threads", str(threads)]
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + path if path else "")}
+    if mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     done = subprocess.run([*command, *extra], capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"case {case} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
