@@ -12,9 +12,11 @@ recomputes one window at a time whatever ``sw_batch_size``; ``--gradient-batch-s
 
 Memory: on the CPU each case runs in a fresh process, and the figure is the growth of ``ru_maxrss`` over the step
 (model and volume already built, nothing larger allocated before: transparent huge pages make the resident size of a
-reused process meaningless). The step is the process's first, so its time includes one-off start-up costs (small
-next to a step of several seconds). On CUDA the cases run in this process: peak ``torch.cuda.max_memory_allocated``
-over the step minus what was allocated before it, after a warm-up step; times are synchronised.
+reused process meaningless; glibc's dynamic mmap threshold also keeps freed buffers of up to 32 MiB resident in the
+heap, which ``--mmap-threshold 1048576`` avoids by fixing the threshold). The step is the process's first, so its
+time includes one-off start-up costs (small next to a step of several seconds). On CUDA the cases run in this
+process: peak ``torch.cuda.max_memory_allocated`` over the step minus what was allocated before it, after a warm-up
+step; times are synchronised.
 Targets: streamed peak flat in the volume size (within 20 %, where the volume has at least ``sw_batch_size``
 windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last line is
 ``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
