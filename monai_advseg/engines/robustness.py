@@ -122,8 +122,9 @@ class RobustnessEvaluator(SupervisedEvaluator):
         max_batch: at most this many samples in one forward (attack and scoring); None = no bound.
         inferer: MONAI inferer, e.g. ``SlidingWindowInferer`` for 3D volumes; the attack differentiates through it.
         streamed_gradient: through a MONAI ``SlidingWindowInferer``, take the attacks' input gradients one window
-            batch at a time (:class:`~monai_advseg.inferers.StreamedSlidingWindowInferer`: same logits, memory of one
-            window batch); False differentiates MONAI's inferer directly. Scoring always uses ``inferer``.
+            at a time (:class:`~monai_advseg.inferers.StreamedSlidingWindowInferer`: same logits, memory of one
+            window's graph whatever ``sw_batch_size``); False differentiates MONAI's inferer directly. Scoring always
+            uses ``inferer``.
         prepare_batch: as in MONAI's ``SupervisedEvaluator``.
         include_background: score the background class too (False suits binary tasks).
         ignore_empty: passed to ``DiceMetric`` / ``MeanIoU`` (see :class:`~monai_advseg.engines.SegmentationScorer`).

@@ -1,5 +1,5 @@
 """Inferers that every attack can differentiate through: a sliding window whose input gradient is streamed window
-batch by window batch, so its memory stays that of one window batch whatever the volume size."""
+by window, so its memory stays that of one window's graph whatever the volume size and ``sw_batch_size``."""
 
 from monai_advseg.inferers.sliding_window import (
     StreamedSlidingWindowInferer,

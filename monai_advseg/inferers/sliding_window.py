@@ -7,7 +7,7 @@ windows at a time (``gradient_batch_size``, default one) with autograd and back-
 gradient into the input. The share of a window is the output gradient over its patch, divided by the count map (the
 sum of the blending weights over all windows, as MONAI normalises) and multiplied by the window's importance map.
 The count map is rebuilt patch by patch from the windows that overlap it (no volume-sized count map). Peak memory is
-then one window batch's graph plus the output gradient and the input gradient (12 bytes per voxel for two float32
+then ``gradient_batch_size`` windows' graph plus the output gradient and the input gradient (12 bytes per voxel for two float32
 classes), whatever the volume size.
 
 The streamed backward gives the gradient with respect to the *input only*: the network's parameters receive no
@@ -127,7 +127,7 @@ class _WindowPlan:
         return weight[None, None] if weight.ndim == len(roi_size) else weight
 
     def input_gradient(self, inputs: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
-        """``d<grad_output, output>/d inputs``, recomputing one window batch at a time.
+        """``d<grad_output, output>/d inputs``, recomputing ``gradient_batch_size`` windows at a time.
 
         Args:
             inputs: the forward's input ``(B, C_in, *spatial)``, a plain tensor.
@@ -281,8 +281,8 @@ def streamed_sliding_window_inference(
     The output equals MONAI's ``sliding_window_inference`` with the same arguments bit for bit (its first item for
     a deep-supervision predictor: only the main logits are stitched). When autograd needs the input's gradient
     (``inputs.requires_grad`` under grad mode) and ``streamed`` is True, the forward runs without autograd and the
-    backward recomputes one ``sw_batch_size`` batch of windows at a time (see the module docstring): the gradient
-    with respect to ``inputs`` equals the naive one up to rounding, with at most one window batch's graph in memory.
+    backward recomputes ``gradient_batch_size`` windows at a time (see the module docstring): the gradient with
+    respect to ``inputs`` equals the naive one up to rounding, with at most that many windows' graph in memory.
 
     The streamed gradient is for the input only: the predictor's parameters receive none. The backward recomputes
     the windows, so the predictor must be deterministic — an ``nn.Module`` predictor with a submodule in training
