@@ -7,8 +7,8 @@ windows at a time (``gradient_batch_size``, default one) with autograd and back-
 gradient into the input. The share of a window is the output gradient over its patch, divided by the count map (the
 sum of the blending weights over all windows, as MONAI normalises) and multiplied by the window's importance map.
 The count map is rebuilt patch by patch from the windows that overlap it (no volume-sized count map). Peak memory is
-then ``gradient_batch_size`` windows' graph plus the output gradient and the input gradient (12 bytes per voxel for two float32
-classes), whatever the volume size.
+then ``gradient_batch_size`` windows' graph plus the output gradient and the input gradient (12 bytes per voxel for
+two float32 classes), whatever the volume size.
 
 The streamed backward gives the gradient with respect to the *input only*: the network's parameters receive no
 gradient (their ``.grad`` stays untouched). This is what attacks need; use ``streamed=False`` (MONAI's plain,
