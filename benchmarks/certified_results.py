@@ -263,8 +263,22 @@ def _summary(record: dict) -> dict:
                 "eot_seconds": row.get("eot_seconds"),
             }
         )
+    margins = [
+        (min(smoothed, eot) - certified, row["radius"], certified, min(smoothed, eot))
+        for row in record["attack"]
+        for certified, smoothed, eot in zip(
+            row["certified_dice"], row["smoothed_dice"], row.get("eot_smoothed_dice", row["smoothed_dice"]), strict=True
+        )
+        if certified > 0
+    ]
+    closest = min(margins) if margins else None
     return {
         "sigma": record["sigma"],
+        "command": record["command"],
+        "nontrivial_comparisons": len(margins) * (2 if "eot_smoothed_dice" in record["attack"][0] else 1),
+        "closest_case": None
+        if closest is None
+        else {"margin": closest[0], "radius": closest[1], "certified_dice": closest[2], "attacked_dice": closest[3]},
         "train": {k: record["train"][k] for k in ("clean_test", "train_seconds", "epochs", "seed", "parameters")},
         "base_clean_dice": _mean(record["base_clean_dice"]),
         "certified_dice_by_radius": dict(zip([f"{r:g}" for r in record["radii"]], certified, strict=True)),
@@ -295,6 +309,7 @@ def _figure(records: list[dict], path: Path) -> None:
         axis.axhline(_mean(record["base_clean_dice"]), color="grey", lw=0.8, label="base clean Dice")
         axis.set_title(f"U-Net, noise sigma {record['sigma']:g}")
         axis.set_xscale("symlog", linthresh=0.1)  # the certificates end below 1, the attacks go on to 16
+        axis.set_xlim(0, 1.3 * max(record["radii"] + radii))
         axis.set_xlabel("L2 radius (input units, [0, 1] image; symlog)")
         axis.set_ylim(-0.02, 1.0)
         axis.grid(alpha=0.3)
@@ -335,6 +350,7 @@ def render(args, command: str, host: dict) -> None:
         },
         "machine": host,
         "violations_certified_above_smoothed": violations,
+        "train_command": args.train_command,
         "sigmas": summaries,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -357,8 +373,23 @@ def markdown(summary: dict, settings: dict) -> str:
         "certified Dice above the smoothed network's Dice at the PGD image (a bug, or the certificate's alpha "
         "event).**"
     )
+    nontrivial = sum(s["nontrivial_comparisons"] for s in sigmas)
+    closest = min(
+        (s["closest_case"] | {"sigma": s["sigma"]} for s in sigmas if s["closest_case"]), key=lambda c: c["margin"]
+    )
+    check += (
+        f" {nontrivial} of them have a certified Dice above 0 (beyond the largest certified radius the certified Dice "
+        f"is 0 and the check is trivial); the closest case (sigma {closest['sigma']:g}, r = {closest['radius']:g}) "
+        f"has certified Dice {closest['certified_dice']:.3f} vs {closest['attacked_dice']:.3f} under attack."
+    )
     lines += [check, ""]
     lines += findings(sigmas, settings)
+    lines += [
+        "",
+        f"Scope: one seed ({settings['seed']}), the first {len(summary['cases'])} test images, n = {settings['n']}; "
+        "only the U-Net (this script has no NLCEN run, the issue's optional second network), and no larger n that "
+        "would certify larger radii.",
+    ]
     if summary["status"] != "complete":
         lines += ["", f"**Partial:** {summary['status'].removeprefix('partial: ')} finished."]
     lines += ["", "![certified vs empirical Dice](certified.png)", ""]
@@ -387,13 +418,20 @@ def markdown(summary: dict, settings: dict) -> str:
             ]
     lines += ["", "## What was run", ""]
     lines += [
-        f"- Command: `{summary['command']}` (page: `{summary['render_command']}`).",
+        "- Commands (per sigma; `--append` runs attack only the radii an earlier run lacks, with the random streams of "
+        "one run over all the radii): "
+        + "; ".join(f"sigma {s['sigma']:g}: `{s['command'].replace(', then ', '`, then `')}`" for s in sigmas)
+        + ". "
+        f"Page: `{summary['render_command']}`.",
         f"- Data: {summary['data']}; the first {len(summary['cases'])} test images are certified and attacked.",
         "- Networks: MONAI U-Net (16-256 channels, 2 residual units, batch norm), the recipe of "
         "`docs/results/nlce_robustness.md` / `worst_case.md` (Adam 1e-3, weight decay 1e-4, batch 8, "
         f"ReduceLROnPlateau, {sigmas[0]['train']['epochs']} epochs, seed {sigmas[0]['train']['seed']}, last epoch) "
         'with `augmentation="gaussian"`: every batch also trained as `x + N(0, sigma^2)` (not clipped), '
-        "sigma = the certificate's.",
+        "sigma = the certificate's"
+        + (
+            f"; trained first, one after another, by `{summary['train_command']}`." if summary["train_command"] else "."
+        ),
         f"- Certification: `smoothed_segmentation(n0={settings['n0']}, n={settings['n']}, alpha={settings['alpha']})`, "
         "Clopper-Pearson lower bounds with Bonferroni over the 9216 voxels of a case; certified Dice at r: "
         "abstentions and voxels certified below r count as wrong (`certified_scores`). With n = "
@@ -409,20 +447,23 @@ def markdown(summary: dict, settings: dict) -> str:
         "network, so for the smoothed network it is a transfer attack, an upper bound that may be loose).",
         f"- Machine: {summary['machine']['platform']}, {summary['machine']['cpus']} CPU cores shared with other "
         f"jobs, torch {summary['machine']['torch']}, {summary['machine']['torch_threads']} torch thread(s); load "
-        f"average at render {', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_render'])}.",
+        f"average at render {', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_render'])}"
+        + (f"; {summary['machine']['note']}" if summary["machine"].get("note") else "")
+        + ".",
         "",
-        "| sigma | train (s) | clean test Dice (50) | certify clean (s) | per radius: PGD (s) + smoothed at PGD (s); "
-        "EOT PGD + smoothed (s) |",
-        "|---|---|---|---|---|",
+        f"Wall times (s; {len(summary['cases'])} cases, several of these runs at once on the shared cores, so "
+        "read them as orders of magnitude; EOT: its attack plus the smoothing at its images):",
+        "",
+        "| sigma | train | clean test Dice (50 images) | certify the clean cases | L2 PGD, all radii | smoothing at "
+        "the PGD images, all radii | EOT PGD + smoothing, all radii |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in sigmas:
-        times = ", ".join(
-            f"{r['radius']:g}: {r['attack_seconds']:.0f} + {r['smoothed_seconds']:.0f}; {r['eot_seconds'] or 0:.0f}"
-            for r in s["attack"]
-        )
+        attack, smoothed = (sum(r[key] for r in s["attack"]) for key in ("attack_seconds", "smoothed_seconds"))
+        eot = sum(r["eot_seconds"] or 0 for r in s["attack"])
         lines += [
             f"| {s['sigma']:g} | {s['train']['train_seconds']:.0f} | {s['train']['clean_test']['dice']:.3f} | "
-            f"{s['certify_seconds']:.0f} | {times} |"
+            f"{s['certify_seconds']:.0f} | {attack:.0f} | {smoothed:.0f} | {eot:.0f} |"
         ]
     return "\n".join(lines) + "\n"
 
@@ -500,6 +541,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--machine-note", default="", help="what the page should say about the machine's load")
+    parser.add_argument("--train-command", default="", help="the command that trained the networks, for the page")
     parser.add_argument(
         "--append", action="store_true", help="keep an earlier run's attack rows, attack only the new --attack-radii"
     )
@@ -521,7 +564,7 @@ def main(argv=None) -> int:
             result["command"] = command if earlier is None else f"{earlier['command']}, then {command}"
             (args.work / key_of(sigma) / "certified.json").write_text(json.dumps(result, indent=2))
     if not args.train_only:
-        render(args, command, machine())
+        render(args, command, machine() | ({"note": args.machine_note} if args.machine_note else {}))
     return 0
 
 
