@@ -350,7 +350,7 @@ def render(args, command: str, host: dict) -> None:
         },
         "machine": host,
         "violations_certified_above_smoothed": violations,
-        "train_command": args.train_command,
+        "train_command": getattr(args, "train_command", ""),
         "sigmas": summaries,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -374,14 +374,19 @@ def markdown(summary: dict, settings: dict) -> str:
         "event).**"
     )
     nontrivial = sum(s["nontrivial_comparisons"] for s in sigmas)
-    closest = min(
-        (s["closest_case"] | {"sigma": s["sigma"]} for s in sigmas if s["closest_case"]), key=lambda c: c["margin"]
-    )
+    candidates = [s["closest_case"] | {"sigma": s["sigma"]} for s in sigmas if s["closest_case"]]
     check += (
         f" {nontrivial} of them have a certified Dice above 0 (beyond the largest certified radius the certified Dice "
-        f"is 0 and the check is trivial); the closest case (sigma {closest['sigma']:g}, r = {closest['radius']:g}) "
-        f"has certified Dice {closest['certified_dice']:.3f} vs {closest['attacked_dice']:.3f} under attack."
+        "is 0 and the check is trivial)"
     )
+    if candidates:
+        closest = min(candidates, key=lambda c: c["margin"])
+        check += (
+            f"; the closest case (sigma {closest['sigma']:g}, r = {closest['radius']:g}) has certified Dice "
+            f"{closest['certified_dice']:.3f} vs {closest['attacked_dice']:.3f} under attack."
+        )
+    else:
+        check += "."
     lines += [check, ""]
     lines += findings(sigmas, settings)
     lines += [
