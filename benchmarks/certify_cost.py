@@ -7,7 +7,8 @@ torch.randn(chunk)`` drawn in one call, under ``no_grad`` in eval mode through t
 the same run. The difference is what certification adds: drawing the noise copy by copy (so the certificate does not
 depend on ``batch_size``), counting the votes, and the statistics.
 
-Also printed, each timed on its own in the same run: the forwards alone (on pre-drawn noisy batches), the noise draws
+Also printed, each timed on its own in the same run: the same forwards fed by ``smoothed_segmentation``'s own noise
+draws (without counting and statistics), the forwards alone (on pre-drawn noisy batches), the noise draws
 (copy by copy and one call per chunk), the vote counting on pre-computed logits, and the statistics (Clopper-Pearson
 bounds with Bonferroni, and the binomial test with Holm).
 
@@ -92,6 +93,15 @@ def main() -> None:
                     noise = torch.randn((size, *image.shape[1:]), generator=generator, device=device)
                     inferer(image[case] + sigma * noise, network)
 
+    def forwards_same_noise() -> None:
+        # smoothed_segmentation's own copy-by-copy noise draws and forwards, without the counting and statistics
+        generator = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad():
+            for case in range(args.cases):
+                for samples in (args.n0, args.n):
+                    for noisy in _noisy_chunks(image[case], samples, sigma, args.batch_size, generator):
+                        inferer(noisy, network)
+
     noisy_batches = [image[0] + sigma * torch.randn((size, *image.shape[1:]), device=device) for size in chunks]
 
     def forwards_alone() -> None:
@@ -137,13 +147,14 @@ def main() -> None:
 
     for function in (certify, reference_forwards, forwards_alone, counting, bonferroni_statistics):
         function()  # warm-up: allocator and oneDNN primitive caches
-    certify_times, reference_times = [], []
+    certify_times, reference_times, same_noise_times = [], [], []
     forward_times, copy_noise_times, chunk_noise_times, count_times, bonferroni_times, holm_times = (
         [] for _ in "123456"
     )
     for _ in range(args.repeats):  # interleaved so that load drifts affect all alike
         certify_times.append(_timed(certify, 1, device))
         reference_times.append(_timed(reference_forwards, 1, device))
+        same_noise_times.append(_timed(forwards_same_noise, 1, device))
         forward_times.append(_timed(forwards_alone, 1, device) * args.cases)
         copy_noise_times.append(_timed(noise_copy_by_copy, 3, device) * args.cases)
         chunk_noise_times.append(_timed(noise_per_chunk, 3, device) * args.cases)
@@ -160,6 +171,8 @@ def main() -> None:
     print(f"threads: {torch.get_num_threads()}, device: {device}, repeats: {args.repeats} (medians)")
     print(f"smoothed_segmentation: {certify_seconds * 1e3:.1f} ms")
     print(f"(n0 + n) noisy forwards, same chunks, one randn per chunk: {reference_seconds * 1e3:.1f} ms")
+    same_noise_seconds = statistics.median(same_noise_times)
+    print(f"the same forwards fed by smoothed_segmentation's noise draws: {same_noise_seconds * 1e3:.1f} ms")
     print(f"  forwards alone (pre-drawn batches): {statistics.median(forward_times) * 1e3:.1f} ms")
     print(f"  noise one randn per chunk: {statistics.median(chunk_noise_times) * 1e3:.2f} ms")
     print(f"noise copy by copy (what smoothed_segmentation draws): {statistics.median(copy_noise_times) * 1e3:.2f} ms")

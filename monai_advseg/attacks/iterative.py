@@ -26,7 +26,7 @@ from monai_advseg.attacks.gradient import (
 from monai_advseg.attacks.losses import upcast_half
 from monai_advseg.attacks.schedule import kurakin_steps_for
 from monai_advseg.attacks.step_rules import StepContext, StepRule, l2_step_rule, signed_step_rule
-from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range
+from monai_advseg.attacks.validation import as_sample_tensor, check_attack_inputs, check_clip_range, check_max_batch
 
 __all__ = ["balanced_cross_entropy", "iterative_fgsm", "pgd", "pgd_l2", "segpgd", "segpgd_loss", "segpgd_step_loss"]
 
@@ -196,8 +196,7 @@ def _iterate(
     """
     check_attack_inputs(image, label)
     clip = check_clip_range(clip_range)
-    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
+    check_max_batch(max_batch)
     if norm not in _BALLS:
         raise ValueError(f"norm must be one of {sorted(_BALLS)}, got {norm!r}")
     if share is not None and random_start:

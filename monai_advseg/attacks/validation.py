@@ -77,3 +77,10 @@ def check_attack_inputs(image: torch.Tensor, label: torch.Tensor) -> None:
         raise ValueError("image contains NaN or Inf values; an attack on non-finite intensities is undefined")
     if label.is_floating_point() and not bool(torch.isfinite(label).all()):
         raise ValueError("label contains NaN or Inf values; it must hold class indices or a one-hot map")
+
+
+def check_max_batch(max_batch: int | None) -> int | None:
+    """``max_batch`` (samples per forward) as given, or a ValueError naming it: None or an int >= 1."""
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
+    return max_batch

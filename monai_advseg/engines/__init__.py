@@ -14,6 +14,7 @@ from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
+from monai_advseg.engines.scoring import SegmentationScorer
 
 __all__ = [
     "ATTACKS",
@@ -22,6 +23,7 @@ __all__ = [
     "AdversarialCopyGenerator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
+    "SegmentationScorer",
     "adversarial_augmentations",
     "as_flag",
     "check_noise_sigma",

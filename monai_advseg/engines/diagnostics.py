@@ -8,11 +8,13 @@ on the first few cases. All attacks come from :mod:`monai_advseg.attacks`; the e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from ignite.engine import Events
 from torch import nn
 
 from monai_advseg.attacks.gradient import network_logits, plain_copy
@@ -80,12 +82,35 @@ class GradientMaskingDiagnostics:
         self.unbounded_threshold = float(unbounded_threshold)
         self.reset()
 
+    def attach(self, evaluator: RobustnessEvaluator) -> None:
+        """Collect beside ``evaluator``'s sweep: reset at each run, check the surrogate on the first batch (before
+        any attack), score every batch under the references once the evaluator's own attack has run on it."""
+        evaluator.add_event_handler(Events.EPOCH_STARTED, lambda engine: self.reset())
+        evaluator.add_event_handler(Events.ITERATION_STARTED, self._check_first_batch)
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._collect_batch)
+
     def reset(self) -> None:
-        """Forget the collected scores (the evaluator calls it at the start of every run)."""
+        """Forget the collected scores (at the start of every run)."""
         self._parts: dict[str, list[torch.Tensor]] = {"unbounded": [], "noise": [], "transfer": [], "black_box": []}
         self._black_box_rows: list[int] = []
         self._seen = 0
         self._seen_cases = 0
+        self.seconds = 0.0
+
+    def _check_first_batch(self, evaluator: RobustnessEvaluator) -> None:
+        if self.surrogate is None or self._seen_cases:
+            return
+        image = evaluator.prepare_batch(
+            evaluator.state.batch, evaluator.state.device, evaluator.non_blocking, **evaluator.to_kwargs
+        )[0]
+        self.check_surrogate(evaluator.predict_logits(image[:1]), image)
+
+    def _collect_batch(self, evaluator: RobustnessEvaluator) -> None:
+        output = evaluator.state.output
+        began = time.perf_counter()
+        num_classes = max(2, output["pred"].shape[1])
+        self.collect(evaluator, output["image"], output["label"], num_classes, evaluator.generator)
+        self.seconds += time.perf_counter() - began
 
     def check_levels(self, epsilon_levels: Sequence[float]) -> list[float]:
         """The random search's strengths, each one of the sweep's.
@@ -203,5 +228,5 @@ class GradientMaskingDiagnostics:
 def dice_of(evaluator: RobustnessEvaluator, adversarial: torch.Tensor, label: torch.Tensor, num_classes: int):
     """``(E, B, ...)`` adversarial images -> ``(B, E)`` Dice of the evaluator's model."""
     return torch.stack(
-        [evaluator.scores(evaluator._forward(a), label, num_classes)["dice"] for a in adversarial], dim=1
+        [evaluator.scores(evaluator.predict_logits(a), label, num_classes)["dice"] for a in adversarial], dim=1
     )

@@ -12,6 +12,12 @@ from monai_advseg.handlers.checkpoint import (
 from monai_advseg.handlers.diagnostics import DIAGNOSTICS, build_diagnostics, diagnostics_verdict
 from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, saved_image_files
 from monai_advseg.handlers.report_card import centre_slice, plot_gallery, report_markdown, report_verdict
+from monai_advseg.handlers.robustness_gallery import (
+    GALLERY_CASES,
+    RobustnessGalleryCollector,
+    gallery_levels,
+    predicted_labels,
+)
 from monai_advseg.handlers.robustness_report import (
     REPORT_FILES,
     RobustnessReportWriter,
@@ -20,6 +26,7 @@ from monai_advseg.handlers.robustness_report import (
     load_robustness_report,
     plot_robustness,
     require_matplotlib,
+    state_metrics,
     write_robustness_reports,
 )
 from monai_advseg.handlers.safe_load import (
@@ -28,6 +35,7 @@ from monai_advseg.handlers.safe_load import (
     load_weights_only,
     pickled_checkpoint_error,
 )
+from monai_advseg.handlers.sweep_progress import SweepProgressBar
 
 __all__ = [
     "DIAGNOSTICS",
@@ -37,6 +45,11 @@ __all__ = [
     "plot_gallery",
     "report_markdown",
     "report_verdict",
+    "GALLERY_CASES",
+    "RobustnessGalleryCollector",
+    "gallery_levels",
+    "predicted_labels",
+    "SweepProgressBar",
     "REPORT_FILES",
     "RobustnessReportWriter",
     "build_robustness_report",
@@ -44,6 +57,7 @@ __all__ = [
     "load_robustness_report",
     "plot_robustness",
     "require_matplotlib",
+    "state_metrics",
     "write_robustness_reports",
     "AtomicCheckpointSaver",
     "WeightsOnlyCheckpointLoader",

@@ -512,9 +512,16 @@ class RobustnessReportWriter:
         output_dir: report folder.
         overwrite: replace an existing report.
         plot: also write ``robustness.png``.
+
+    Raises:
+        FileExistsError: at construction, when the folder holds a report and ``overwrite`` is False.
+        ImportError: at construction, when ``plot`` and matplotlib is missing.
     """
 
     def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
+        check_report_dir(output_dir, overwrite)  # refuse before any work, not after the sweep
+        if plot:
+            require_matplotlib()
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
         self.plot = plot
@@ -538,3 +545,14 @@ class RobustnessReportWriter:
             plot=self.plot,
             gallery=getattr(engine.state, "robustness_gallery", None),
         )
+
+
+def state_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The report's mean scores as ignite metrics: ``dice``, ``jaccard`` (clean) and ``dice_eps<levels>``,
+    ``jaccard_eps<levels>`` per strength."""
+    metrics: dict[str, float] = {}
+    for row in results["metrics"]:
+        suffix = "" if row["setting"] == "clean" else f"_eps{row['eps_levels']:g}"
+        metrics[f"dice{suffix}"] = row["mean_dice"]
+        metrics[f"jaccard{suffix}"] = row["mean_jaccard"]
+    return metrics

@@ -36,9 +36,13 @@ def _dice_jaccard(prediction: torch.Tensor, label: torch.Tensor) -> tuple[list[f
     return dice, jaccard
 
 
-def _column(evaluator: RobustnessEvaluator, levels: float | None, key: str) -> list[float]:
+def _column_of(results: dict, levels: float | None, key: str) -> list[float]:
     setting = "clean" if levels is None else "attack"
-    return [c[key] for c in evaluator.results["cases"] if c["setting"] == setting and c["eps_levels"] == (levels or 0)]
+    return [c[key] for c in results["cases"] if c["setting"] == setting and c["eps_levels"] == (levels or 0)]
+
+
+def _column(evaluator: RobustnessEvaluator, levels: float | None, key: str) -> list[float]:
+    return _column_of(evaluator.results, levels, key)
 
 
 def test_clean_row_is_textbook_dice_and_eps_zero_row_equals_it(trained):
@@ -220,6 +224,31 @@ def test_a_user_attack_component_from_a_bundle_config(trained, tmp_path):
     assert report["attack"]["name"] == "random_sign"
     with pytest.raises(ValueError, match="neither a name"):
         RobustnessEvaluator("cpu", [], trained, attack=object())
+
+
+def test_a_user_scorer_scores_the_report(trained):
+    from monai_advseg.engines import SegmentationScorer
+
+    images, labels = disk_batch(3, seed=41)
+    default = SegmentationScorer()
+
+    def background_is_what_counts(logits, label, num_classes):  # a different metric: the background's Dice
+        scores = SegmentationScorer(include_background=True)(logits, label, num_classes)
+        return {**scores, "dice": 2 * scores["dice"] - default(logits, label, num_classes)["dice"]}
+
+    runs = {}
+    for name, scorer in (("default", None), ("user", background_is_what_counts)):
+        evaluator = RobustnessEvaluator(
+            "cpu", _loader(images, labels, 3), trained, epsilons=[8], scorer=scorer, progress=False
+        )
+        evaluator.run()
+        runs[name] = evaluator.results
+    logits = trained(images)
+    expected = background_is_what_counts(logits, labels, 2)["dice"]
+    assert _column_of(runs["user"], None, "dice") == pytest.approx(expected.tolist(), abs=1e-6)
+    assert _column_of(runs["user"], None, "dice") != pytest.approx(_column_of(runs["default"], None, "dice"))
+    assert runs["user"]["config"]["scorer"] == "function"
+    assert runs["default"]["config"]["scorer"] == "SegmentationScorer"
 
 
 def test_sigmoid_single_channel_network():
