@@ -238,6 +238,40 @@ def machine() -> dict:
     }
 
 
+def certify_control(control: str, sigma: float, data: list[dict], args, command: str) -> None:
+    """Certify a network trained without noise (``ARCH:PATH``, a :func:`make_network` name and its weights) on the
+    clean cases: how much the noise training matters. Written to ``<work>/control_<ARCH>_<sigma>/certified.json``."""
+    arch, _, weights = control.partition(":")
+    out = args.work / f"control_{arch}_{sigma:g}"
+    if (out / "certified.json").exists():
+        return
+    network = make_network(arch)
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    network.eval()
+    images = torch.stack([d["image"] for d in data])
+    truth = torch.stack([d["label"] for d in data]).long()
+    began = time.perf_counter()
+    labels, radius = certify(network, images, sigma, args, stream=0)
+    seconds = time.perf_counter() - began
+    scores = certified_scores(labels, radius, truth, args.radii, 2)
+    record = {
+        "network": arch,
+        "weights": weights,
+        "sigma": sigma,
+        "cases": [d["name"] for d in data],
+        "base_clean_dice": base_dice(network, images, truth).tolist(),
+        "radii": list(args.radii),
+        "certified_dice": scores["dice"].tolist(),
+        "abstain_rate": scores["abstain_rate"].tolist(),
+        "max_radius": float(radius.max()),
+        "certify_seconds": seconds,
+        "command": command,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "certified.json").write_text(json.dumps(record, indent=2))
+    print(f"[control {arch} sigma {sigma:g}] certified in {seconds:.0f} s", flush=True)
+
+
 def _summary(record: dict) -> dict:
     """Means over the cases of one sigma's record (NaN cases, without foreground, left out)."""
     certified = [_mean(column) for column in zip(*record["certified_dice"], strict=True)]
@@ -329,6 +363,7 @@ def render(args, command: str, host: dict) -> None:
     if not records:
         raise SystemExit(f"no certified.json under {args.work}: run without --render-only first")
     summaries = [_summary(r) for r in records]
+    controls = [json.loads(path.read_text()) for path in sorted(args.work.glob("control_*/certified.json"))]
     settings = records[0]["settings"]
     done = len(records) == len(args.sigmas)
     violations = sum(row["cases_certified_above_smoothed"] for s in summaries for row in s["attack"])
@@ -352,6 +387,26 @@ def render(args, command: str, host: dict) -> None:
         "violations_certified_above_smoothed": violations,
         "train_command": getattr(args, "train_command", ""),
         "sigmas": summaries,
+        "controls": [
+            {
+                "network": c["network"],
+                "weights": c["weights"],
+                "sigma": c["sigma"],
+                "command": c["command"],
+                "base_clean_dice": _mean(c["base_clean_dice"]),
+                "abstain_rate": _mean(c["abstain_rate"]),
+                "max_certified_radius": c["max_radius"],
+                "certified_dice_by_radius": dict(
+                    zip(
+                        [f"{r:g}" for r in c["radii"]],
+                        [_mean(col) for col in zip(*c["certified_dice"], strict=True)],
+                        strict=True,
+                    )
+                ),
+                "certify_seconds": c["certify_seconds"],
+            }
+            for c in controls
+        ],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "certified.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -405,6 +460,22 @@ def markdown(summary: dict, settings: dict) -> str:
     for s in sigmas:
         cells = " | ".join(f"{v:.3f}" for v in s["certified_dice_by_radius"].values())
         lines += [f"| {s['sigma']:g} | {s['base_clean_dice']:.3f} | {s['abstain_rate']:.3f} | {cells} |"]
+    if summary["controls"]:
+        lines += [
+            "",
+            "Controls: the same certification of networks trained **without** noise (the models of "
+            "`docs/results/worst_case.md`, same split and recipe; clean cases only, no attack):",
+            "",
+            "| network | sigma | base clean Dice | abstain rate (r = 0) | "
+            + " | ".join(f"r {r}" for r in radii)
+            + " |",
+            "|---" * (4 + len(radii)) + "|",
+        ]
+        for c in sorted(summary["controls"], key=lambda c: (c["network"], c["sigma"])):
+            cells = " | ".join(f"{v:.3f}" for v in c["certified_dice_by_radius"].values())
+            lines += [
+                f"| {c['network']} | {c['sigma']:g} | {c['base_clean_dice']:.3f} | {c['abstain_rate']:.3f} | {cells} |"
+            ]
     lines += ["", "## L2 PGD at the same radii (mean over the cases)", ""]
     lines += [
         "| sigma | radius | certified Dice | smoothed Dice at PGD | base Dice at PGD | smoothed abstain at PGD | "
@@ -545,6 +616,12 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/certified_runs"))
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--controls",
+        nargs="+",
+        default=[],
+        help="ARCH:PATH networks trained without noise to certify on the clean cases only (then render)",
+    )
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--machine-note", default="", help="what the page should say about the machine's load")
     parser.add_argument("--train-command", default="", help="the command that trained the networks, for the page")
@@ -554,7 +631,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/certified_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if not args.render_only:
+    if args.controls:
+        _, test_data = load_split(args.size)
+        for control in args.controls:
+            for sigma in args.sigmas:
+                certify_control(control, sigma, test_data[: args.cases], args, command)
+    elif not args.render_only:
         train_data, test_data = load_split(args.size)
         for sigma in args.sigmas:
             network, record = trained(sigma, train_data, test_data, args)
