@@ -5,6 +5,13 @@ Usage::
     python -m monai_advseg robustness --bundle_root BUNDLE --dataset_dir DATA --output_dir OUT \\
         [--epsilons "[...]"] [--epsilon_unit levels|hu|input] [--attack NAME] [--config_file ...] [--ckpt PATH] \\
         [--device ...] [--max_cases N] [--progress true|false] [--overwrite true|false] [--id#path value ...]
+    python -m monai_advseg robustness --certify --sigma S [--n0 N0] [--n N] [--certify_alpha A] [--radii "[...]"] \
+        [--attack_radii "[...]"] --bundle_root BUNDLE --dataset_dir DATA --output_dir OUT [...]
+
+With ``--certify`` the bundle's Gaussian-smoothed model is certified (randomized smoothing) instead of the sweep:
+``certify.json`` / ``.csv`` / ``_cases.csv`` / ``.png`` / ``_gallery.png``. ``--sigma``, ``--radii`` and
+``--attack_radii`` are L2 norms in ``--epsilon_unit``; every unit is a fixed linear factor of the input, so an L2
+norm converts with the same factor as an epsilon.
 
 Further ``--id#path value`` pairs override the bundle's configs, as with ``python -m monai.bundle run``. Bad input
 ends the command with ``error: <file or value>: <what is wrong>`` and exit status 1 before anything is written.
@@ -21,7 +28,7 @@ from typing import Any
 from monai_advseg.cli import DEBUG_HELP, entry_point
 from monai_advseg.data import InputError
 
-__all__ = ["format_table", "main"]
+__all__ = ["format_certify_table", "format_table", "main"]
 
 
 def _literal(text: str, name: str) -> Any:
@@ -91,6 +98,39 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_certify_table(results: dict[str, Any]) -> str:
+    """The certification's rows as a Markdown table: radius in input units (and HU), certified Dice and fraction."""
+    units = results.get("config", {}).get("certify_units", {}).get("radii", {}) or {}
+    hu = units.get("hu")
+
+    def cell(value: float | None, digits: str = ".4f") -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, digits)
+
+    lines = [
+        "| radius (input) | radius (HU) | certified Dice | certified Jaccard | certified fraction | smoothed Dice "
+        "under L2 PGD | base Dice under L2 PGD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for index, row in enumerate(results["metrics"]):
+        radius_hu = hu[index] if hu and index < len(hu) else None
+        lines.append(
+            f"| {row['radius']:.5g} | {cell(radius_hu, '.4g')} | {cell(row['certified_dice'])} | "
+            f"{cell(row['certified_jaccard'])} | {cell(row['certified_fraction'])} | "
+            f"{cell(row['attack_dice_smoothed'])} | {cell(row['attack_dice_base'])} |"
+        )
+    check = results.get("check", {})
+    base = results.get("base", {}).get("dice")
+    lines.append(
+        f"base model clean Dice {cell(base)}; abstain rate {cell(results['metrics'][0]['abstain_rate'])}; check "
+        + (
+            "not run (no --attack_radii)"
+            if check.get("passed") is None
+            else ("passed" if check["passed"] else "FAILED")
+        )
+    )
+    return "\n".join(lines)
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m monai_advseg robustness``; returns the exit status (1 on bad input)."""
@@ -98,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m monai_advseg robustness", description=__doc__.splitlines()[0], allow_abbrev=False
     )
     parser.add_argument("--bundle_root", required=True, help="the bundle folder (with configs/)")
-    parser.add_argument("--output_dir", required=True, help="report folder (robustness.csv/.json/.png)")
+    parser.add_argument("--output_dir", required=True, help="report folder (robustness.* or certify.*)")
     parser.add_argument("--dataset_dir", help="overrides the bundle's dataset_dir")
     parser.add_argument("--epsilons", help='strengths in --epsilon_unit, e.g. "[1, 2, 4]" (default: the paper sweep)')
     parser.add_argument(
@@ -118,6 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--intensity_range", help='network-input range "[lo, hi]" where the preprocessing has none')
     parser.add_argument("--max_batch", type=int, help="at most this many samples per forward")
     parser.add_argument("--seed", type=int, default=0, help="seed of random attacks")
+    certify = parser.add_argument_group("certification (randomized smoothing) instead of the sweep")
+    certify.add_argument("--certify", action="store_true", help="certify the smoothed model; writes certify.*")
+    certify.add_argument("--sigma", type=float, help="noise std in --epsilon_unit (an L2 scale; required)")
+    certify.add_argument("--n0", type=int, default=10, help="noisy samples that choose each voxel's class (10)")
+    certify.add_argument("--n", type=int, default=100, help="noisy samples that bound its probability (100)")
+    certify.add_argument(
+        "--certify_alpha", type=float, default=0.001, help="family-wise error level over a case's voxels (0.001)"
+    )
+    certify.add_argument("--radii", help='L2 radii in --epsilon_unit, e.g. "[0, 0.1, 0.2]" (default 0 .. 2 sigma)')
+    certify.add_argument(
+        "--attack_radii", help="L2 radii at which L2 PGD attacks the base model (--steps, default 20) for the check"
+    )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args, extra = parser.parse_known_args(argv)
     config_file = None
@@ -146,7 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch=args.max_batch,
         seed=args.seed,
         overrides=_overrides(extra),
+        certify=args.certify,
+        sigma=args.sigma,
+        n0=args.n0,
+        n=args.n,
+        certify_alpha=args.certify_alpha,
+        radii=_number_list(args.radii, "--radii"),
+        attack_radii=_number_list(args.attack_radii, "--attack_radii"),
     )
-    print(format_table(results))
+    print(format_certify_table(results) if args.certify else format_table(results))
     print(f"reports in {args.output_dir}")
     return 0

@@ -17,6 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = REPO_ROOT / "bundles"
 
 
+# Removed when the test process exits (before, every bundle test left its folders in the system temp folder).
+_SCRATCH = tempfile.TemporaryDirectory(prefix="bundle_outputs_")
+
+
 def link_subset(source: Path, target: Path, names: list[str], folders=("images", "masks")) -> Path:
     """A data folder holding symbolic links to a few real files (the data itself is never copied)."""
     for folder in folders:
@@ -34,7 +38,7 @@ def workflow(bundle: str, configs: list[str], workflow_type: str = "train", **ov
     # outputs go to a temporary folder unless a test names one: handlers such as TensorBoard's create theirs as soon
     # as they are instantiated, and nothing may be written into the checkout
     for key in ("output_dir", "ckpt_dir"):
-        overrides.setdefault(key, tempfile.mkdtemp(prefix=f"{bundle}_{key}_"))
+        overrides.setdefault(key, tempfile.mkdtemp(prefix=f"{bundle}_{key}_", dir=_SCRATCH.name))
     flow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         meta_file=str(root / "configs" / "metadata.json"),

@@ -1,5 +1,5 @@
-"""MONAI engines: the augmentation trainer (adversarial and noise copies), the robustness evaluator, and their
-distributed ending."""
+"""MONAI engines: the augmentation trainer (adversarial and noise copies), the robustness and certification
+evaluators, and their distributed ending."""
 
 from monai_advseg.engines.adversarial_augmentation import (
     AUGMENTATIONS,
@@ -10,6 +10,7 @@ from monai_advseg.engines.adversarial_augmentation import (
     parse_augmentations,
 )
 from monai_advseg.engines.adversarial_copies import AdversarialCopyGenerator, training_items
+from monai_advseg.engines.certification import CertificationEvaluator, default_radii
 from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
@@ -21,12 +22,14 @@ __all__ = [
     "AUGMENTATIONS",
     "AdversarialAugmentationTrainer",
     "AdversarialCopyGenerator",
+    "CertificationEvaluator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
     "SegmentationScorer",
     "adversarial_augmentations",
     "as_flag",
     "check_noise_sigma",
+    "default_radii",
     "end_process_group",
     "load_network_weights",
     "online_augmentations",

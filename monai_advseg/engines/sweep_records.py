@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SweepRecords", "case_ids", "no_foreground"]
+__all__ = ["SweepRecords", "case_ids", "gather_across_ranks", "no_foreground"]
 
 SCORES = ("dice", "jaccard", "foreground")
 
@@ -104,15 +104,22 @@ class SweepRecords:
 
     def gathered(self) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor, dict[str, Any] | None]:
         """All ranks' ``(cases, arrays, seconds, details)`` under DDP (seconds: the slowest rank's), else this one's."""
-        parts = (self.cases, self.arrays(), self.seconds, _merge_details(self._details))
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return parts
-        # Objects, not tensors: ranks may hold different numbers of cases and gloo / nccl both support this path.
-        gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, parts)
-        return (
-            [c for part in gathered for c in part[0]],
-            {key: torch.cat([part[1][key] for part in gathered]) for key in parts[1]},
-            torch.stack([part[2] for part in gathered]).max(dim=0).values,
-            _merge_details([part[3] for part in gathered if part[3]]),
-        )
+        return gather_across_ranks(self.cases, self.arrays(), self.seconds, _merge_details(self._details))
+
+
+def gather_across_ranks(
+    cases: list[str], arrays: dict[str, torch.Tensor], seconds: torch.Tensor, details: dict[str, Any] | None = None
+) -> tuple[list[str], dict[str, torch.Tensor], torch.Tensor, dict[str, Any] | None]:
+    """Every rank's cases, arrays (concatenated along dim 0, in rank order), the slowest rank's seconds and the
+    ensembles' details; the inputs unchanged outside DDP."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return cases, arrays, seconds, details
+    # Objects, not tensors: ranks may hold different numbers of cases and gloo / nccl both support this path.
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, (cases, arrays, seconds, details))
+    return (
+        [c for part in gathered for c in part[0]],
+        {key: torch.cat([part[1][key] for part in gathered]) for key in arrays},
+        torch.stack([part[2] for part in gathered]).max(dim=0).values,
+        _merge_details([part[3] for part in gathered if part[3]]),
+    )

@@ -1,5 +1,16 @@
 """Ignite handlers, report writers and checks that an earlier run's outputs are not replaced silently."""
 
+from monai_advseg.handlers.certification_report import (
+    CERTIFY_FILES,
+    CertificationReportWriter,
+    build_certification_report,
+    certification_check,
+    check_certify_dir,
+    load_certification_report,
+    plot_certification,
+    plot_certified_gallery,
+    write_certification_reports,
+)
 from monai_advseg.handlers.checkpoint import (
     AtomicCheckpointSaver,
     AtomicDiskSaver,
@@ -38,6 +49,15 @@ from monai_advseg.handlers.safe_load import (
 from monai_advseg.handlers.sweep_progress import SweepProgressBar
 
 __all__ = [
+    "CERTIFY_FILES",
+    "CertificationReportWriter",
+    "build_certification_report",
+    "certification_check",
+    "check_certify_dir",
+    "load_certification_report",
+    "plot_certification",
+    "plot_certified_gallery",
+    "write_certification_reports",
     "DIAGNOSTICS",
     "build_diagnostics",
     "diagnostics_verdict",

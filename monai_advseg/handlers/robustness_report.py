@@ -6,18 +6,16 @@ leaves a half-written report that looks complete. Existing reports are only repl
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
-import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai_advseg.handlers.report_card import plot_gallery, report_markdown
+from monai_advseg.handlers.report_files import atomic_write, csv_bytes, json_safe, summary
 
 if TYPE_CHECKING:  # ignite pulls in torch; the report command line only needs matplotlib
     from ignite.engine import Engine
@@ -61,16 +59,6 @@ SUMMARY_COLUMNS = (
 CASE_COLUMNS = ("case", "setting", "eps_levels", "eps", "dice", "jaccard", "foreground_fraction")
 
 REPORT_FORMAT = "monai_advseg.robustness/1"
-
-
-def _summary(values: Any) -> tuple[float, float, int]:
-    import numpy as np
-
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan"), 0
-    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
-    return float(finite.mean()), std, int(finite.size)
 
 
 def _case_details(details: dict[str, Any] | None, case: int, column: int) -> dict[str, Any]:
@@ -141,8 +129,8 @@ def build_robustness_report(
     step_list = [0, *steps]
     rows = []
     for column, (level, unit, step) in enumerate(zip(levels, units, step_list, strict=True)):
-        mean_dice, std_dice, n_cases = _summary(dice[:, column])
-        mean_jaccard, std_jaccard, _ = _summary(jaccard[:, column])
+        mean_dice, std_dice, n_cases = summary(dice[:, column])
+        mean_jaccard, std_jaccard, _ = summary(jaccard[:, column])
         n_empty = int(empty.sum())
         rows.append(
             {
@@ -168,7 +156,7 @@ def build_robustness_report(
                 rows[-1][f"wins_{name}"] = wins
             for name in names:
                 values = np.asarray(attack_details["member_dice"][name], dtype=np.float64)
-                rows[-1][f"mean_dice_{name}"] = _summary(values[:, column - 1])[0] if column else mean_dice
+                rows[-1][f"mean_dice_{name}"] = summary(values[:, column - 1])[0] if column else mean_dice
         for key in ("noise", "transfer", "black_box"):
             entry = (diagnostics or {}).get(key, {})
             if entry.get("passed") is not None:
@@ -243,10 +231,21 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def check_report_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+def check_report_dir(
+    output_dir: str | Path,
+    overwrite: bool = False,
+    files: Sequence[str] = REPORT_FILES,
+    what: str = "robustness report",
+) -> Path:
     """Refuse to reuse a folder that already holds a robustness report, unless ``overwrite``.
 
     Other files in the folder (logs, predictions) are left alone and do not count.
+
+    Args:
+        output_dir: the report folder.
+        overwrite: allow replacing the report.
+        files: the report's file names (default the sweep's :data:`REPORT_FILES`; the certification passes its own).
+        what: the report's name in the message.
 
     Returns:
         The folder as a ``Path``.
@@ -258,57 +257,19 @@ def check_report_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"report folder {folder} exists and is not a directory")
-    existing = [str(folder / name) for name in REPORT_FILES if (folder / name).exists()]
+    existing = [str(folder / name) for name in files if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
-            f"report folder {folder} already holds a robustness report ({', '.join(existing)}); "
+            f"report folder {folder} already holds a {what} ({', '.join(existing)}); "
             "choose another output_dir or pass overwrite=True"
         )
     return folder
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        # mkstemp creates the file private (0600); a report should get the permissions of any new file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _csv_bytes(rows: Sequence[dict], columns: Sequence[str]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
 
 
 def _with_extra_columns(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
     """The fixed columns, then any further keys of the rows (an ensemble's per-member columns), in first-seen order."""
     extra = [key for key in dict.fromkeys(k for row in rows for k in row) if key not in columns]
     return [*columns, *extra]
-
-
-def _json_safe(value: Any) -> Any:
-    # NaN is not JSON: cases without a score become null so that strict parsers read the report.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value
-    return str(value)
 
 
 def load_robustness_report(path: str | Path) -> dict[str, Any]:
@@ -453,7 +414,7 @@ def save_figure(figure: Any, path: str | Path, title: str | None = None, dpi: in
     plt.close(figure)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -484,15 +445,15 @@ def write_robustness_reports(
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, data in (
-        ("robustness.csv", _csv_bytes(results["metrics"], _with_extra_columns(results["metrics"], SUMMARY_COLUMNS))),
+        ("robustness.csv", csv_bytes(results["metrics"], _with_extra_columns(results["metrics"], SUMMARY_COLUMNS))),
         (
             "robustness_cases.csv",
-            _csv_bytes(results.get("cases", []), _with_extra_columns(results.get("cases", []), CASE_COLUMNS)),
+            csv_bytes(results.get("cases", []), _with_extra_columns(results.get("cases", []), CASE_COLUMNS)),
         ),
-        ("robustness.json", json.dumps(_json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
+        ("robustness.json", json.dumps(json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
         ("robustness.md", report_markdown(results).encode()),
     ):
-        _atomic_write(folder / name, data)
+        atomic_write(folder / name, data)
         written[name] = folder / name
     if plot:
         title = f"{results.get('config', {}).get('network', '')} under {results.get('attack', {}).get('name', '')}"

@@ -39,6 +39,7 @@ __all__ = [
     "PredictionRule",
     "bundle_config_files",
     "bundle_robustness",
+    "certify_config",
     "first_cases",
     "load_bundle_network",
     "read_bundle",
@@ -257,6 +258,80 @@ def report_config(
     }
 
 
+def certify_config(
+    units: EpsilonUnits,
+    sigma: float,
+    radii: Sequence[float] | None,
+    attack_radii: Sequence[float] | None,
+    prediction: PredictionRule,
+    info: dict,
+) -> dict[str, Any]:
+    """The ``config`` block the certification stores in ``certify.json``: the bundle, the units and the prediction.
+
+    Args:
+        units: the conversion of the command's values (``--epsilon_unit``).
+        sigma: the noise std in input units.
+        radii: the certificate's radii in input units; None: :func:`~monai_advseg.engines.default_radii`.
+        attack_radii: the attacked radii in input units, or None.
+        prediction: the prediction rule.
+        info: what the command adds (bundle name, config files, checkpoint, ...).
+
+    Returns:
+        ``{**info, "certify_units": {...}, "prediction": {...}}``; ``certify_units`` holds sigma and every radius in
+        levels, input units and HU, and how they were converted.
+    """
+    from monai_advseg.engines.certification import default_radii
+
+    def in_all_units(values: Sequence[float]) -> dict[str, list[float] | None]:
+        return units.all_units([v / units.input_per_level for v in values])
+
+    description = units.describe()
+    description["note"] = (
+        "sigma (the noise std) and the radii are L2 norms; the intensity map is linear, so they convert with the "
+        "same factor as an L-inf epsilon (||scale * d|| = |scale| * ||d||): a level is 1/255 of input_range, HU go "
+        "through the fixed linear intensity map (null when the map differs per image); the noise is not clipped"
+    )
+    sigma_units = in_all_units([sigma])
+    return {
+        **info,
+        "certify_units": {
+            **description,
+            "sigma": {name: None if values is None else values[0] for name, values in sigma_units.items()},
+            "radii": in_all_units(sorted(default_radii(sigma) if radii is None else radii)),
+            "attack_radii": None if attack_radii is None else in_all_units(sorted(attack_radii)),
+        },
+        "prediction": prediction.describe(),
+    }
+
+
+def _check_certify_arguments(
+    sigma: float | None,
+    n0: int,
+    n: int,
+    certify_alpha: float,
+    radii: Sequence[float] | None,
+    attack_radii: Sequence[float] | None,
+) -> None:
+    """Each bad certification argument as an InputError naming its flag (before the bundle is read)."""
+    if sigma is None:
+        raise InputError("--sigma: required with --certify (the noise std, in --epsilon_unit)")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise InputError(f"--sigma: {sigma!r}: expected a finite number > 0 (the noise std, in --epsilon_unit)")
+    for flag, value in (("--n0", n0), ("--n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{flag}: {value!r}: expected an integer >= 1 (noisy samples per image)")
+    if isinstance(certify_alpha, bool) or not isinstance(certify_alpha, (int, float)) or not 0 < certify_alpha < 1:
+        raise InputError(f"--certify_alpha: {certify_alpha!r}: expected a number in (0, 1) (family-wise error level)")
+    for flag, values in (("--radii", radii), ("--attack_radii", attack_radii)):
+        if values is None:
+            continue
+        values = list(values)
+        if not values or any(not math.isfinite(v) or v < 0 for v in values) or len(set(values)) != len(values):
+            raise InputError(f"{flag}: {values}: expected radii that are finite and >= 0, at least one, none twice")
+    if attack_radii is not None and min(attack_radii) <= 0:
+        raise InputError(f"--attack_radii: {list(attack_radii)}: expected radii > 0 (radius 0 is the clean image)")
+
+
 def bundle_config_files(bundle_root: str | Path, config_file: str | Sequence[str] | None = None) -> list[Path]:
     """The bundle's config files: ``config_file`` (relative to the bundle root or its ``configs/``), else
     ``configs/train.*`` then ``configs/evaluate.*`` (``.json``, ``.yaml`` or ``.yml``) when present.
@@ -420,8 +495,20 @@ def bundle_robustness(
     max_batch: int | None = None,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    certify: bool = False,
+    sigma: float | None = None,
+    n0: int = 10,
+    n: int = 100,
+    certify_alpha: float = 0.001,
+    radii: Sequence[float] | None = None,
+    attack_radii: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate an unmodified MONAI bundle under an epsilon sweep and write the robustness reports.
+
+    With ``certify`` the bundle's smoothed model is certified instead
+    (:class:`~monai_advseg.engines.CertificationEvaluator`) and the certification reports are written (``certify.json``,
+    ``certify.csv``, ``certify_cases.csv``, ``certify.png``, ``certify_gallery.png``); ``sigma``, ``radii`` and
+    ``attack_radii`` are in ``epsilon_unit`` and convert to input units with the same linear factor as an epsilon.
 
     Args:
         bundle_root: the bundle folder (with ``configs/``).
@@ -443,9 +530,17 @@ def bundle_robustness(
         max_batch: at most this many samples per forward.
         seed: seed of random attacks.
         overrides: further config overrides, ``{"id#path": value}``, applied last.
+        certify: certify the smoothed model instead of running the sweep.
+        sigma: the smoothing's noise std in ``epsilon_unit`` (required with ``certify``).
+        n0: noisy samples that choose each voxel's class.
+        n: noisy samples that bound its probability.
+        certify_alpha: the certificate's family-wise error level over a case's voxels.
+        radii: the certificate's L2 radii in ``epsilon_unit``; None: 0 .. 2 sigma.
+        attack_radii: L2 radii (``epsilon_unit``) at which the base model is attacked with L2 PGD (``steps``
+            iterations, default 20) for the report's check; None: no attack.
 
     Returns:
-        the report (``RobustnessEvaluator.results``).
+        the report (``RobustnessEvaluator.results``, or ``CertificationEvaluator.results`` with ``certify``).
 
     Raises:
         InputError: on any bad input (bundle, configs, property ids, network, checkpoint, data, units, attack,
@@ -453,15 +548,29 @@ def bundle_robustness(
     """
     from monai_advseg.attacks import PAPER_EPSILON_LEVELS
     from monai_advseg.attacks.specs import build_attack_spec
+    from monai_advseg.handlers.certification_report import check_certify_dir
     from monai_advseg.handlers.robustness_report import check_report_dir
     from monai_advseg.workflows.units import EPSILON_UNITS
 
     try:
-        check_report_dir(output_dir, overwrite)
+        if certify:
+            check_certify_dir(output_dir, overwrite)
+        else:
+            check_report_dir(output_dir, overwrite)
     except (FileExistsError, NotADirectoryError) as error:
         raise InputError(f"{output_dir}: {error}; pass --overwrite true to replace it") from None
     if epsilon_unit not in EPSILON_UNITS:
         raise InputError(f"--epsilon_unit: {epsilon_unit!r}: unknown unit; choose one of {', '.join(EPSILON_UNITS)}")
+    if certify:
+        _check_certify_arguments(sigma, n0, n, certify_alpha, radii, attack_radii)
+        if epsilons is not None:
+            raise InputError("--epsilons: not used with --certify (give the certificate's --radii)")
+        epsilons = list(PAPER_EPSILON_LEVELS)  # the sweep's settings stay resolvable; only certify#evaluator runs
+    else:
+        given = {"--sigma": sigma, "--radii": radii, "--attack_radii": attack_radii}
+        stray = [flag for flag, value in given.items() if value is not None]
+        if stray:
+            raise InputError(f"{', '.join(stray)}: only with --certify")
     try:
         build_attack_spec(attack)
     except ValueError as error:
@@ -527,11 +636,26 @@ def bundle_robustness(
                 "dataset_dir": str(data_dir),
                 "n_items": n_items,
                 "max_cases": max_cases,
-                "epsilons_given": sorted(float(e) for e in epsilons),
-                "alpha_given": alpha,
+                **(
+                    {"sigma_given": sigma, "radii_given": radii, "attack_radii_given": attack_radii}
+                    if certify
+                    else {"epsilons_given": sorted(float(e) for e in epsilons), "alpha_given": alpha}
+                ),
             },
         }
     )
+    if certify:
+        parser.update(
+            {
+                "certify#sigma": float(sigma),
+                "certify#n0": int(n0),
+                "certify#n": int(n),
+                "certify#alpha": float(certify_alpha),
+                "certify#radii": None if radii is None else [float(r) for r in radii],
+                "certify#attack_radii": None if attack_radii is None else [float(r) for r in attack_radii],
+                "certify#attack_steps": 20 if steps is None else int(steps),
+            }
+        )
     try:
         network = parser.get_parsed_content("robustness#network_def")
     except Exception as error:
@@ -540,10 +664,15 @@ def bundle_robustness(
     _resolve(parser, "robustness#network", "checkpoint")
     _resolve(parser, "robustness#units", "validate#preprocessing")
     _resolve(parser, "robustness#prediction", "validate#postprocessing")
-    _resolve(parser, "robustness#levels", "--epsilons")
-    _resolve(parser, "robustness#alpha_levels", "--alpha")
+    if certify:
+        for key, flag in (("sigma", "--sigma"), ("radii", "--radii"), ("attack_radii", "--attack_radii")):
+            _resolve(parser, f"certify#{key}_input", flag)
+    else:
+        _resolve(parser, "robustness#levels", "--epsilons")
+        _resolve(parser, "robustness#alpha_levels", "--alpha")
     _resolve(parser, "validate#inferer", "validate#inferer")
     _resolve(parser, "robustness#dataset", "validate#dataset")
-    evaluator = _resolve(parser, "robustness#evaluator", "robustness#evaluator")
+    name = "certify#evaluator" if certify else "robustness#evaluator"
+    evaluator = _resolve(parser, name, name)
     evaluator.run()
     return evaluator.results

@@ -239,6 +239,16 @@ class EpsilonUnits:
         assert self.input_per_source is not None  # checked in __init__
         return [v * self.input_per_source / self.input_per_level for v in numbers]
 
+    def to_input_units(self, values: Sequence[float], name: str = "--epsilons") -> list[float]:
+        """The values (in :attr:`unit`) in network-input units.
+
+        Every conversion is a fixed linear factor, so it serves an L2 norm (a noise std, a certified radius) as
+        well as an L-inf epsilon: ``||scale * d||_2 = |scale| * ||d||_2``.
+        """
+        if self.unit == "input":  # as given, not through levels and back (no rounding)
+            return _numbers(values, name)
+        return [v * self.input_per_level for v in self.to_levels(values, name)]
+
     def all_units(self, levels: Sequence[float]) -> dict[str, list[float] | None]:
         """``{"levels", "input_units", "hu"}`` of strengths given in levels (``hu`` None when not fixed)."""
         per_source = self.input_per_source

@@ -95,7 +95,7 @@ def test_resume_and_overwrite_together_are_refused(bundle, data, tmp_path):
 CHECKPOINT_READERS = [
     (bundle, reader)
     for bundle in ALL
-    for reader in ("evaluate.json", "robust_evaluate.json", "generate_adversarial.json")
+    for reader in ("evaluate.json", "robust_evaluate.json", "generate_adversarial.json", "certify.json")
     if (BUNDLES / bundle / "configs" / reader).exists()
 ]
 

@@ -57,8 +57,9 @@ ZOO_FILES = [
     "docs/data_license.txt",
 ]
 EXTRA_FILES = {
-    "lung_lesion_ct_segmentation": ["configs/generate_adversarial.json"],  # offline two-stage augmentation (issue 3)
-    "lung_cxr_segmentation": ["configs/generate_adversarial.json"],
+    # offline two-stage augmentation (issue 3); the certified evaluation (issue 15)
+    "lung_lesion_ct_segmentation": ["configs/generate_adversarial.json", "configs/certify.json"],
+    "lung_cxr_segmentation": ["configs/generate_adversarial.json", "configs/certify.json"],
 }
 ATOL = 1e-4
 

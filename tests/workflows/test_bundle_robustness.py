@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, SHARED_DATA, _skip_or_fail
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import UNet
 
-from monai_advseg.handlers import REPORT_FILES
+from monai_advseg.handlers import CERTIFY_FILES, REPORT_FILES, load_certification_report
 from monai_advseg.robustness import main
 from monai_advseg.workflows import PROPERTIES_FILE
 
@@ -266,3 +266,66 @@ def test_yaml_configs_and_their_parse_errors(spleen, tmp_path, capsys):
     status, errors = _run_main(capsys, bundle, spleen[1], tmp_path / "out", "--config_file", str(broken))
     assert status == 1 and len(errors) == 1
     assert errors[0].startswith(f"error: {broken}: line 3 column ") and "does not parse" in errors[0]
+
+
+CERTIFY = ["--certify", "--epsilon_unit", "hu", "--sigma", "20", "--n0", "2", "--n", "8", "--max_batch", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_certify_mode_in_hu_on_the_zoo_bundle(spleen, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "robustness.json").write_text("{}")  # a sweep's report in the folder does not block a certification
+    status = main(
+        ["--bundle_root", str(spleen[0]), "--dataset_dir", str(spleen[1]), "--output_dir", str(out), "--device", "cpu"]
+        + ["--max_cases", "1", "--progress", "false", *CERTIFY, "--radii", "[0, 5]"]
+    )
+    printed = capsys.readouterr()
+    assert status == 0, printed.err[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*CERTIFY_FILES, "robustness.json"])
+    report = load_certification_report(out / "certify.json")
+    # 20 HU of the bundle's ScaleIntensityRanged(-57 .. 164 -> 0 .. 1) are 20 / 221 input units, an L2 norm alike
+    assert report["certification"]["sigma"] == pytest.approx(20 / 221)
+    assert report["radii"] == pytest.approx([0, 5 / 221])
+    units = report["config"]["certify_units"]
+    assert units["given_in"] == "hu" and units["sigma"]["hu"] == pytest.approx(20)
+    assert units["sigma"]["levels"] == pytest.approx(20 * 255 / 221) and units["radii"]["hu"] == pytest.approx([0, 5])
+    assert report["config"]["bundle"] == "Spleen CT segmentation" and report["config"]["sigma_given"] == 20
+    assert report["config"]["inferer"] == "SlidingWindowInferer" and report["n_cases"] == 1
+    assert report["certification"]["n0"] == 2 and report["certification"]["n"] == 8
+    # 8 of 8 votes bound a voxel's probability by (alpha / voxels)^(1/8) < 1/2 here: nothing can be certified
+    assert all(row["certified_fraction"] == 0 and row["certified_dice"] == 0 for row in report["metrics"])
+    assert 0 <= report["base"]["dice"] <= 1
+    assert "| 0.022624 | 5 | 0.0000 |" in printed.out
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--certify"], "error: --sigma: required with --certify"),
+        (["--certify", "--sigma", "0"], "error: --sigma: 0.0: expected a finite number > 0"),
+        (["--certify", "--sigma", "-1"], "error: --sigma: -1.0: expected a finite number > 0"),
+        (["--certify", "--sigma", "0.1", "--n", "0"], "error: --n: 0: expected an integer >= 1"),
+        (["--certify", "--sigma", "0.1", "--n0", "0"], "error: --n0: 0: expected an integer >= 1"),
+        (["--certify", "--sigma", "0.1", "--certify_alpha", "1.5"], "error: --certify_alpha: 1.5: expected a number"),
+        (["--certify", "--sigma", "0.1", "--radii", "[0, -1]"], "error: --radii: [0.0, -1.0]: expected radii"),
+        (["--certify", "--sigma", "0.1", "--attack_radii", "[0]"], "error: --attack_radii: [0.0]: expected radii > 0"),
+        (["--certify", "--sigma", "0.1", "--epsilons", "[2]"], "error: --epsilons: not used with --certify"),
+        (["--sigma", "0.1", "--radii", "[0.1]"], "error: --sigma, --radii: only with --certify"),
+    ],
+)
+def test_bad_certify_arguments(spleen, tmp_path, capsys, extra, expected):
+    status, errors = _run_main(capsys, *spleen, tmp_path / "out", *extra)
+    assert status == 1 and len(errors) == 1 and errors[0].startswith(expected), errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_certify_mode_refuses_an_existing_certification_report(spleen, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "certify.csv").write_text("earlier")
+    status, errors = _run_main(capsys, *spleen, out, *CERTIFY)
+    assert status == 1 and len(errors) == 1
+    assert errors[0].startswith(f"error: {out}: ") and "certify.csv" in errors[0] and "--overwrite true" in errors[0]
+    assert (out / "certify.csv").read_text() == "earlier"

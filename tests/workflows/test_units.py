@@ -133,3 +133,16 @@ def test_sigmoid_bundle_runs_through_the_evaluator():
     truth = data[0]["label"].bool()
     dice = 2 * (prediction & truth).flatten(1).sum(1) / (prediction.flatten(1).sum(1) + truth.flatten(1).sum(1))
     assert clean["mean_dice"] == pytest.approx(float(dice.mean()), rel=1e-5)
+
+
+def test_an_l2_norm_converts_to_input_units_with_the_epsilon_factor():
+    # the map is linear, so ||scale * d||_2 = |scale| * ||d||_2: a noise std or radius scales like an epsilon
+    assert EpsilonUnits("hu", intensity_map(SPLEEN)).to_input_units([20, 5], "--sigma") == pytest.approx(
+        [20 / 221, 5 / 221]
+    )
+    assert EpsilonUnits("levels", intensity_map(SPLEEN)).to_input_units([25.5]) == pytest.approx([0.1])
+    assert EpsilonUnits("input", intensity_map(SPLEEN)).to_input_units([0.12]) == [0.12]  # exactly, no round trip
+    wide = EpsilonUnits("levels", intensity_map(SPLEEN), input_range=(-1, 1))
+    assert wide.to_input_units([255]) == pytest.approx([2.0])
+    with pytest.raises(InputError, match="--radii"):
+        EpsilonUnits("hu", intensity_map(SPLEEN)).to_input_units([-1], "--radii")
