@@ -364,6 +364,11 @@ def render(args, command: str, host: dict) -> None:
         raise SystemExit(f"no certified.json under {args.work}: run without --render-only first")
     summaries = [_summary(r) for r in records]
     controls = [json.loads(path.read_text()) for path in sorted(args.work.glob("control_*/certified.json"))]
+    seed_runs = [
+        json.loads(path.read_text())
+        for folder in getattr(args, "seed_runs", [])
+        for path in sorted(Path(folder).glob("unet_gaussian_*/certified.json"))
+    ]
     settings = records[0]["settings"]
     done = len(records) == len(args.sigmas)
     violations = sum(row["cases_certified_above_smoothed"] for s in summaries for row in s["attack"])
@@ -406,6 +411,10 @@ def render(args, command: str, host: dict) -> None:
                 "certify_seconds": c["certify_seconds"],
             }
             for c in controls
+        ],
+        "other_seeds": [
+            _summary(r) | {"seed": r["settings"]["seed"], "n_cases": len(r["cases"]), "work": r["settings"]["work"]}
+            for r in seed_runs
         ],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -456,6 +465,8 @@ def markdown(summary: dict, settings: dict) -> str:
             f"{values}. A certified Dice of 0 with almost no abstention means the smoothed prediction is certified but "
             "wrong: not one lung voxel is certified as lung. Noise training is what makes these certificates useful.",
         ]
+    for other in summary["other_seeds"]:
+        lines += ["", *seed_paragraph(other, sigmas)]
     lines += [
         "",
         f"Scope: one seed ({settings['seed']}), the first {len(summary['cases'])} test images, n = {settings['n']}; "
@@ -565,6 +576,43 @@ def markdown(summary: dict, settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_paragraph(other: dict, sigmas: list[dict]) -> list[str]:
+    """Another training seed at one sigma: its own check and its numbers beside the main seed's."""
+    main = next((s for s in sigmas if s["sigma"] == other["sigma"]), None)
+    rows = other["attack"]
+    comparisons = len(rows) * other["n_cases"] * 2
+    violations = sum(r["cases_certified_above_smoothed"] + (r["cases_certified_above_eot"] or 0) for r in rows)
+    verdict = f"holds in all {comparisons}" if violations == 0 else f"FAILS in {violations} of {comparisons}"
+    text = (
+        f"Another training seed ({other['seed']}, sigma {other['sigma']:g}, the same {other['n_cases']} cases, fresh "
+        f"noise and attack starts): the check {verdict} of its comparisons "
+        f"({other['nontrivial_comparisons']} with a certified Dice above 0); certified Dice at r = 0 "
+        f"{other['certified_dice_by_radius']['0']:.3f}, largest certified radius {other['max_certified_radius']:.3f}"
+    )
+    if main is not None:
+        text += (
+            f" (seed {main['train']['seed']}: {main['certified_dice_by_radius']['0']:.3f}, "
+            f"{main['max_certified_radius']:.3f})"
+        )
+    lines = [text + ". Per radius (this seed / the main seed):", ""]
+    lines += [
+        "| radius | certified Dice | smoothed Dice at PGD | smoothed Dice at EOT PGD | base Dice at PGD |",
+        "|---|---|---|---|---|",
+    ]
+    by_radius = {r["radius"]: r for r in (main["attack"] if main else [])}
+    for row in rows:
+        ref = by_radius.get(row["radius"])
+
+        def pair(key, row=row, ref=ref):
+            return f"{row[key]:.3f} / {ref[key]:.3f}" if ref else f"{row[key]:.3f}"
+
+        lines += [
+            f"| {row['radius']:g} | {pair('certified_dice')} | {pair('smoothed_dice_at_pgd')} | "
+            f"{pair('eot_smoothed_dice_at_pgd')} | {pair('base_dice_at_pgd')} |"
+        ]
+    return lines
+
+
 def findings(sigmas: list[dict], settings: dict) -> list[str]:
     """The first lines: what the numbers say, computed from them."""
     voxels = 96 * 96
@@ -637,6 +685,9 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/certified_runs"))
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--seed-runs", nargs="+", default=[], help="--work folders of runs with another --seed, shown beside (render)"
+    )
     parser.add_argument(
         "--controls",
         nargs="+",
