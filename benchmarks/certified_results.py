@@ -469,7 +469,14 @@ def markdown(summary: dict, settings: dict) -> str:
         lines += ["", *seed_paragraph(other, sigmas)]
     lines += [
         "",
-        f"Scope: one seed ({settings['seed']}), the first {len(summary['cases'])} test images, n = {settings['n']}; "
+        (
+            f"Scope: seed {settings['seed']}, and a second training seed at sigma "
+            + ", ".join(sorted({f"{o['sigma']:g} (seed {o['seed']})" for o in summary["other_seeds"]}))
+            + "; the first"
+            if summary["other_seeds"]
+            else f"Scope: one seed ({settings['seed']}), the first"
+        )
+        + f" {len(summary['cases'])} test images, n = {settings['n']}; "
         "only the U-Net is noise-trained and attacked (NLCEN, the issue's optional second network, appears only as "
         "a control trained without noise), and no larger n that would certify larger radii.",
     ]
