@@ -640,7 +640,7 @@ def seed_paragraph(other: dict, sigmas: list[dict]) -> list[str]:
             f" (seed {main['train']['seed']}: {main['certified_dice_by_radius']['0']:.3f}, "
             f"{main['max_certified_radius']:.3f})"
         )
-    lines = [text + ". Per radius (this seed / the main seed):", ""]
+    lines = [text + f". Command: `{other['command']}`. Per radius (this seed / the main seed):", ""]
     lines += [
         "| radius | certified Dice | smoothed Dice at PGD | smoothed Dice at EOT PGD | base Dice at PGD |",
         "|---|---|---|---|---|",
