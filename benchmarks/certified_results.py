@@ -238,6 +238,40 @@ def machine() -> dict:
     }
 
 
+def certify_control(control: str, sigma: float, data: list[dict], args, command: str) -> None:
+    """Certify a network trained without noise (``ARCH:PATH``, a :func:`make_network` name and its weights) on the
+    clean cases: how much the noise training matters. Written to ``<work>/control_<ARCH>_<sigma>/certified.json``."""
+    arch, _, weights = control.partition(":")
+    out = args.work / f"control_{arch}_{sigma:g}"
+    if (out / "certified.json").exists():
+        return
+    network = make_network(arch)
+    network.load_state_dict(torch.load(weights, weights_only=True))
+    network.eval()
+    images = torch.stack([d["image"] for d in data])
+    truth = torch.stack([d["label"] for d in data]).long()
+    began = time.perf_counter()
+    labels, radius = certify(network, images, sigma, args, stream=0)
+    seconds = time.perf_counter() - began
+    scores = certified_scores(labels, radius, truth, args.radii, 2)
+    record = {
+        "network": arch,
+        "weights": weights,
+        "sigma": sigma,
+        "cases": [d["name"] for d in data],
+        "base_clean_dice": base_dice(network, images, truth).tolist(),
+        "radii": list(args.radii),
+        "certified_dice": scores["dice"].tolist(),
+        "abstain_rate": scores["abstain_rate"].tolist(),
+        "max_radius": float(radius.max()),
+        "certify_seconds": seconds,
+        "command": command,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "certified.json").write_text(json.dumps(record, indent=2))
+    print(f"[control {arch} sigma {sigma:g}] certified in {seconds:.0f} s", flush=True)
+
+
 def _summary(record: dict) -> dict:
     """Means over the cases of one sigma's record (NaN cases, without foreground, left out)."""
     certified = [_mean(column) for column in zip(*record["certified_dice"], strict=True)]
@@ -263,8 +297,22 @@ def _summary(record: dict) -> dict:
                 "eot_seconds": row.get("eot_seconds"),
             }
         )
+    margins = [
+        (min(smoothed, eot) - certified, row["radius"], certified, min(smoothed, eot))
+        for row in record["attack"]
+        for certified, smoothed, eot in zip(
+            row["certified_dice"], row["smoothed_dice"], row.get("eot_smoothed_dice", row["smoothed_dice"]), strict=True
+        )
+        if certified > 0
+    ]
+    closest = min(margins) if margins else None
     return {
         "sigma": record["sigma"],
+        "command": record["command"],
+        "nontrivial_comparisons": len(margins) * (2 if "eot_smoothed_dice" in record["attack"][0] else 1),
+        "closest_case": None
+        if closest is None
+        else {"margin": closest[0], "radius": closest[1], "certified_dice": closest[2], "attacked_dice": closest[3]},
         "train": {k: record["train"][k] for k in ("clean_test", "train_seconds", "epochs", "seed", "parameters")},
         "base_clean_dice": _mean(record["base_clean_dice"]),
         "certified_dice_by_radius": dict(zip([f"{r:g}" for r in record["radii"]], certified, strict=True)),
@@ -295,6 +343,7 @@ def _figure(records: list[dict], path: Path) -> None:
         axis.axhline(_mean(record["base_clean_dice"]), color="grey", lw=0.8, label="base clean Dice")
         axis.set_title(f"U-Net, noise sigma {record['sigma']:g}")
         axis.set_xscale("symlog", linthresh=0.1)  # the certificates end below 1, the attacks go on to 16
+        axis.set_xlim(0, 1.3 * max(record["radii"] + radii))
         axis.set_xlabel("L2 radius (input units, [0, 1] image; symlog)")
         axis.set_ylim(-0.02, 1.0)
         axis.grid(alpha=0.3)
@@ -314,6 +363,12 @@ def render(args, command: str, host: dict) -> None:
     if not records:
         raise SystemExit(f"no certified.json under {args.work}: run without --render-only first")
     summaries = [_summary(r) for r in records]
+    controls = [json.loads(path.read_text()) for path in sorted(args.work.glob("control_*/certified.json"))]
+    seed_runs = [
+        json.loads(path.read_text())
+        for folder in getattr(args, "seed_runs", [])
+        for path in sorted(Path(folder).glob("unet_gaussian_*/certified.json"))
+    ]
     settings = records[0]["settings"]
     done = len(records) == len(args.sigmas)
     violations = sum(row["cases_certified_above_smoothed"] for s in summaries for row in s["attack"])
@@ -335,7 +390,32 @@ def render(args, command: str, host: dict) -> None:
         },
         "machine": host,
         "violations_certified_above_smoothed": violations,
+        "train_command": getattr(args, "train_command", ""),
         "sigmas": summaries,
+        "controls": [
+            {
+                "network": c["network"],
+                "weights": c["weights"],
+                "sigma": c["sigma"],
+                "command": c["command"],
+                "base_clean_dice": _mean(c["base_clean_dice"]),
+                "abstain_rate": _mean(c["abstain_rate"]),
+                "max_certified_radius": c["max_radius"],
+                "certified_dice_by_radius": dict(
+                    zip(
+                        [f"{r:g}" for r in c["radii"]],
+                        [_mean(col) for col in zip(*c["certified_dice"], strict=True)],
+                        strict=True,
+                    )
+                ),
+                "certify_seconds": c["certify_seconds"],
+            }
+            for c in controls
+        ],
+        "other_seeds": [
+            _summary(r) | {"seed": r["settings"]["seed"], "n_cases": len(r["cases"]), "work": r["settings"]["work"]}
+            for r in seed_runs
+        ],
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "certified.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -357,8 +437,49 @@ def markdown(summary: dict, settings: dict) -> str:
         "certified Dice above the smoothed network's Dice at the PGD image (a bug, or the certificate's alpha "
         "event).**"
     )
+    nontrivial = sum(s["nontrivial_comparisons"] for s in sigmas)
+    candidates = [s["closest_case"] | {"sigma": s["sigma"]} for s in sigmas if s["closest_case"]]
+    check += (
+        f" {nontrivial} of them have a certified Dice above 0 (beyond the largest certified radius the certified Dice "
+        "is 0 and the check is trivial)"
+    )
+    if candidates:
+        closest = min(candidates, key=lambda c: c["margin"])
+        check += (
+            f"; the closest case (sigma {closest['sigma']:g}, r = {closest['radius']:g}) has certified Dice "
+            f"{closest['certified_dice']:.3f} vs {closest['attacked_dice']:.3f} under attack."
+        )
+    else:
+        check += "."
     lines += [check, ""]
     lines += findings(sigmas, settings)
+    if summary["controls"]:
+        values = "; ".join(
+            f"{c['network']} at sigma {c['sigma']:g}: {c['certified_dice_by_radius']['0']:.3f} "
+            f"(abstain rate {c['abstain_rate']:.3f})"
+            for c in sorted(summary["controls"], key=lambda c: (c["network"], c["sigma"]))
+        )
+        lines += [
+            "",
+            "Controls trained without noise (same split and recipe, clean Dice about 0.95): certified Dice at r = 0 "
+            f"{values}. A certified Dice of 0 with almost no abstention means the smoothed prediction is certified but "
+            "wrong: not one lung voxel is certified as lung. Noise training is what makes these certificates useful.",
+        ]
+    if summary["other_seeds"]:
+        lines += ["", seeds_line(summary["other_seeds"], sigmas)]
+    lines += [
+        "",
+        (
+            f"Scope: seed {settings['seed']}, and a second training seed at sigma "
+            + ", ".join(sorted({f"{o['sigma']:g} (seed {o['seed']})" for o in summary["other_seeds"]}))
+            + "; the first"
+            if summary["other_seeds"]
+            else f"Scope: one seed ({settings['seed']}), the first"
+        )
+        + f" {len(summary['cases'])} test images, n = {settings['n']}; "
+        "only the U-Net is noise-trained and attacked (NLCEN, the issue's optional second network, appears only as "
+        "a control trained without noise), and no larger n that would certify larger radii.",
+    ]
     if summary["status"] != "complete":
         lines += ["", f"**Partial:** {summary['status'].removeprefix('partial: ')} finished."]
     lines += ["", "![certified vs empirical Dice](certified.png)", ""]
@@ -369,6 +490,22 @@ def markdown(summary: dict, settings: dict) -> str:
     for s in sigmas:
         cells = " | ".join(f"{v:.3f}" for v in s["certified_dice_by_radius"].values())
         lines += [f"| {s['sigma']:g} | {s['base_clean_dice']:.3f} | {s['abstain_rate']:.3f} | {cells} |"]
+    if summary["controls"]:
+        lines += [
+            "",
+            "Controls: the same certification of networks trained **without** noise (the models of "
+            "`docs/results/worst_case.md`, same split and recipe; clean cases only, no attack):",
+            "",
+            "| network | sigma | base clean Dice | abstain rate (r = 0) | "
+            + " | ".join(f"r {r}" for r in radii)
+            + " |",
+            "|---" * (4 + len(radii)) + "|",
+        ]
+        for c in sorted(summary["controls"], key=lambda c: (c["network"], c["sigma"])):
+            cells = " | ".join(f"{v:.3f}" for v in c["certified_dice_by_radius"].values())
+            lines += [
+                f"| {c['network']} | {c['sigma']:g} | {c['base_clean_dice']:.3f} | {c['abstain_rate']:.3f} | {cells} |"
+            ]
     lines += ["", "## L2 PGD at the same radii (mean over the cases)", ""]
     lines += [
         "| sigma | radius | certified Dice | smoothed Dice at PGD | base Dice at PGD | smoothed abstain at PGD | "
@@ -385,15 +522,35 @@ def markdown(summary: dict, settings: dict) -> str:
                 f"{row['eot_base_dice_at_pgd']:.3f} | {row['cases_certified_above_smoothed']}, "
                 f"{row['cases_certified_above_eot']} | {row['cases_certified_above_base']} |"
             ]
+    if summary["other_seeds"]:
+        lines += ["", "## A second training seed"]
+        for other in summary["other_seeds"]:
+            lines += ["", *seed_paragraph(other, sigmas)]
     lines += ["", "## What was run", ""]
     lines += [
-        f"- Command: `{summary['command']}` (page: `{summary['render_command']}`).",
+        "- Commands (per sigma; `--append` runs attack only the radii an earlier run lacks, with the random streams of "
+        "one run over all the radii): "
+        + "; ".join(f"sigma {s['sigma']:g}: `{s['command'].replace(', then ', '`, then `')}`" for s in sigmas)
+        + ". "
+        f"Page: `{summary['render_command']}`.",
+        *(
+            [
+                "- Controls: "
+                + "; ".join(sorted({f"`{c['command']}` ({c['weights']})" for c in summary["controls"]}))
+                + ", one process per network."
+            ]
+            if summary["controls"]
+            else []
+        ),
         f"- Data: {summary['data']}; the first {len(summary['cases'])} test images are certified and attacked.",
         "- Networks: MONAI U-Net (16-256 channels, 2 residual units, batch norm), the recipe of "
         "`docs/results/nlce_robustness.md` / `worst_case.md` (Adam 1e-3, weight decay 1e-4, batch 8, "
         f"ReduceLROnPlateau, {sigmas[0]['train']['epochs']} epochs, seed {sigmas[0]['train']['seed']}, last epoch) "
         'with `augmentation="gaussian"`: every batch also trained as `x + N(0, sigma^2)` (not clipped), '
-        "sigma = the certificate's.",
+        "sigma = the certificate's"
+        + (
+            f"; trained first, one after another, by `{summary['train_command']}`." if summary["train_command"] else "."
+        ),
         f"- Certification: `smoothed_segmentation(n0={settings['n0']}, n={settings['n']}, alpha={settings['alpha']})`, "
         "Clopper-Pearson lower bounds with Bonferroni over the 9216 voxels of a case; certified Dice at r: "
         "abstentions and voxels certified below r count as wrong (`certified_scores`). With n = "
@@ -409,22 +566,97 @@ def markdown(summary: dict, settings: dict) -> str:
         "network, so for the smoothed network it is a transfer attack, an upper bound that may be loose).",
         f"- Machine: {summary['machine']['platform']}, {summary['machine']['cpus']} CPU cores shared with other "
         f"jobs, torch {summary['machine']['torch']}, {summary['machine']['torch_threads']} torch thread(s); load "
-        f"average at render {', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_render'])}.",
+        f"average at render {', '.join(f'{v:.1f}' for v in summary['machine']['load_average_at_render'])}"
+        + (f"; {summary['machine']['note']}" if summary["machine"].get("note") else "")
+        + ".",
         "",
-        "| sigma | train (s) | clean test Dice (50) | certify clean (s) | per radius: PGD (s) + smoothed at PGD (s); "
-        "EOT PGD + smoothed (s) |",
-        "|---|---|---|---|---|",
+        f"Wall times (s; {len(summary['cases'])} cases, several of these runs at once on the shared cores, so "
+        "read them as orders of magnitude; EOT: its attack plus the smoothing at its images):",
+        "",
+        "| sigma | train | clean test Dice (50 images) | certify the clean cases | L2 PGD, all radii | smoothing at "
+        "the PGD images, all radii | EOT PGD + smoothing, all radii |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in sigmas:
-        times = ", ".join(
-            f"{r['radius']:g}: {r['attack_seconds']:.0f} + {r['smoothed_seconds']:.0f}; {r['eot_seconds'] or 0:.0f}"
-            for r in s["attack"]
-        )
+        attack, smoothed = (sum(r[key] for r in s["attack"]) for key in ("attack_seconds", "smoothed_seconds"))
+        eot = sum(r["eot_seconds"] or 0 for r in s["attack"])
         lines += [
             f"| {s['sigma']:g} | {s['train']['train_seconds']:.0f} | {s['train']['clean_test']['dice']:.3f} | "
-            f"{s['certify_seconds']:.0f} | {times} |"
+            f"{s['certify_seconds']:.0f} | {attack:.0f} | {smoothed:.0f} | {eot:.0f} |"
         ]
     return "\n".join(lines) + "\n"
+
+
+def seeds_line(others: list[dict], sigmas: list[dict]) -> str:
+    """One line on the other seeds: their check, and how far their numbers are from the main seed's."""
+    comparisons = sum(len(o["attack"]) * o["n_cases"] * 2 for o in others)
+    violations = sum(
+        r["cases_certified_above_smoothed"] + (r["cases_certified_above_eot"] or 0) for o in others for r in o["attack"]
+    )
+    by_sigma = {s["sigma"]: s for s in sigmas}
+    clean_gap = max(
+        abs(o["certified_dice_by_radius"]["0"] - by_sigma[o["sigma"]]["certified_dice_by_radius"]["0"])
+        for o in others
+        if o["sigma"] in by_sigma
+    )
+    attacked_gap, where = 0.0, None
+    for o in others:
+        main = {r["radius"]: r for r in by_sigma.get(o["sigma"], {"attack": []})["attack"]}
+        for row in o["attack"]:
+            if row["radius"] in main:
+                gap = abs(row["eot_smoothed_dice_at_pgd"] - main[row["radius"]]["eot_smoothed_dice_at_pgd"])
+                if gap > attacked_gap:
+                    attacked_gap, where = gap, (o["sigma"], row["radius"])
+    verdict = f"holds in all {comparisons}" if violations == 0 else f"FAILS in {violations} of {comparisons}"
+    seeds = ", ".join(sorted({str(o["seed"]) for o in others}))
+    at = ", ".join(f"{o['sigma']:g}" for o in others)
+    text = (
+        f"A second training seed ({seeds}) at sigma {at}: the check {verdict} of its comparisons; its certified Dice "
+        f"at r = 0 is within {clean_gap:.3f} of seed {sigmas[0]['train']['seed']}'s"
+    )
+    if where is not None:
+        text += (
+            f", while the smoothed Dice under the EOT attack differs by up to {attacked_gap:.3f} (sigma {where[0]:g}, "
+            f"r = {where[1]:g}): read differences at large radii as seed noise"
+        )
+    return text + " (section below)."
+
+
+def seed_paragraph(other: dict, sigmas: list[dict]) -> list[str]:
+    """Another training seed at one sigma: its own check and its numbers beside the main seed's."""
+    main = next((s for s in sigmas if s["sigma"] == other["sigma"]), None)
+    rows = other["attack"]
+    comparisons = len(rows) * other["n_cases"] * 2
+    violations = sum(r["cases_certified_above_smoothed"] + (r["cases_certified_above_eot"] or 0) for r in rows)
+    verdict = f"holds in all {comparisons}" if violations == 0 else f"FAILS in {violations} of {comparisons}"
+    text = (
+        f"Another training seed ({other['seed']}, sigma {other['sigma']:g}, the same {other['n_cases']} cases, fresh "
+        f"noise and attack starts): the check {verdict} of its comparisons "
+        f"({other['nontrivial_comparisons']} with a certified Dice above 0); certified Dice at r = 0 "
+        f"{other['certified_dice_by_radius']['0']:.3f}, largest certified radius {other['max_certified_radius']:.3f}"
+    )
+    if main is not None:
+        text += (
+            f" (seed {main['train']['seed']}: {main['certified_dice_by_radius']['0']:.3f}, "
+            f"{main['max_certified_radius']:.3f})"
+        )
+    lines = [text + f". Command: `{other['command']}`. Per radius (this seed / the main seed):", ""]
+    lines += [
+        "| radius | certified Dice | smoothed Dice at PGD | smoothed Dice at EOT PGD | base Dice at PGD |",
+        "|---|---|---|---|---|",
+    ]
+    by_radius = {r["radius"]: r for r in (main["attack"] if main else [])}
+    for row in rows:
+        ref = by_radius.get(row["radius"])
+
+        def pair(key, row=row, ref=ref):
+            return f"{row[key]:.3f} / {ref[key]:.3f}" if ref else f"{row[key]:.3f}"
+
+        lines += [
+            f"| {row['radius']:g} | {pair('certified_dice')} | {pair('smoothed_dice_at_pgd')} | "
+            f"{pair('eot_smoothed_dice_at_pgd')} | {pair('base_dice_at_pgd')} |"
+        ]
+    return lines
 
 
 def findings(sigmas: list[dict], settings: dict) -> list[str]:
@@ -499,14 +731,30 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/certified_runs"))
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument(
+        "--seed-runs", nargs="+", default=[], help="--work folders of runs with another --seed, shown beside (render)"
+    )
+    parser.add_argument(
+        "--controls",
+        nargs="+",
+        default=[],
+        help="ARCH:PATH networks trained without noise to certify on the clean cases only (then render)",
+    )
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--machine-note", default="", help="what the page should say about the machine's load")
+    parser.add_argument("--train-command", default="", help="the command that trained the networks, for the page")
     parser.add_argument(
         "--append", action="store_true", help="keep an earlier run's attack rows, attack only the new --attack-radii"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/certified_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if not args.render_only:
+    if args.controls:
+        _, test_data = load_split(args.size)
+        for control in args.controls:
+            for sigma in args.sigmas:
+                certify_control(control, sigma, test_data[: args.cases], args, command)
+    elif not args.render_only:
         train_data, test_data = load_split(args.size)
         for sigma in args.sigmas:
             network, record = trained(sigma, train_data, test_data, args)
@@ -521,7 +769,7 @@ def main(argv=None) -> int:
             result["command"] = command if earlier is None else f"{earlier['command']}, then {command}"
             (args.work / key_of(sigma) / "certified.json").write_text(json.dumps(result, indent=2))
     if not args.train_only:
-        render(args, command, machine())
+        render(args, command, machine() | ({"note": args.machine_note} if args.machine_note else {}))
     return 0
 
 

@@ -55,3 +55,8 @@ def test_evaluate_and_render_on_a_tiny_model(tmp_path):
     page = (args.results_dir / "certified.md").read_text().splitlines()
     assert page[2].startswith("**The check holds" if total == 0 else "**The check FAILS")
     assert (args.results_dir / "certified.png").stat().st_size > 1000
+    args.seed_runs = [args.work]  # the same run shown as "another seed": its paragraph and its own check
+    certified_results.render(args, "test --render-only", certified_results.machine())
+    page = (args.results_dir / "certified.md").read_text()
+    assert "Another training seed (0, sigma 0.25, the same 2 cases" in page
+    assert ("the check holds in all 8 of its comparisons" if total == 0 else "the check FAILS") in page
