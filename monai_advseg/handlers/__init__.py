@@ -1,5 +1,6 @@
 """Ignite handlers, report writers and checks that an earlier run's outputs are not replaced silently."""
 
+from monai_advseg.handlers.certification_gallery import CertificationGalleryCollector
 from monai_advseg.handlers.certification_report import (
     CERTIFY_FILES,
     CertificationReportWriter,
@@ -46,9 +47,11 @@ from monai_advseg.handlers.safe_load import (
     load_weights_only,
     pickled_checkpoint_error,
 )
-from monai_advseg.handlers.sweep_progress import SweepProgressBar
+from monai_advseg.handlers.sweep_progress import CertificationProgressBar, SweepProgressBar
 
 __all__ = [
+    "CertificationGalleryCollector",
+    "CertificationProgressBar",
     "CERTIFY_FILES",
     "CertificationReportWriter",
     "build_certification_report",

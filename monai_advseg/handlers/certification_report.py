@@ -469,9 +469,16 @@ class CertificationReportWriter:
         output_dir: report folder.
         overwrite: replace an existing report.
         plot: also write the figures.
+
+    Raises:
+        FileExistsError: at construction, when the folder holds a certification report and ``overwrite`` is False.
+        ImportError: at construction, when ``plot`` and matplotlib is missing.
     """
 
     def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
+        check_certify_dir(output_dir, overwrite)  # refuse before any work, not after the certification
+        if plot:
+            require_matplotlib()
         self.output_dir = Path(output_dir)
         self.overwrite = overwrite
         self.plot = plot

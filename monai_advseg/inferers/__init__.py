@@ -1,10 +1,12 @@
 """Inferers that every attack can differentiate through: a sliding window whose input gradient is streamed window
-batch by window batch, so its memory stays that of one window batch whatever the volume size."""
+batch by window batch, so its memory stays that of one window batch whatever the volume size, and a network behind
+an inferer as one module."""
 
+from monai_advseg.inferers.inferred_network import InferredNetwork
 from monai_advseg.inferers.sliding_window import (
     StreamedSlidingWindowInferer,
     streamed_inferer,
     streamed_sliding_window_inference,
 )
 
-__all__ = ["StreamedSlidingWindowInferer", "streamed_inferer", "streamed_sliding_window_inference"]
+__all__ = ["InferredNetwork", "StreamedSlidingWindowInferer", "streamed_inferer", "streamed_sliding_window_inference"]
