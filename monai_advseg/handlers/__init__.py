@@ -24,6 +24,7 @@ from monai_advseg.handlers.checkpoint import (
 from monai_advseg.handlers.diagnostics import DIAGNOSTICS, build_diagnostics, diagnostics_verdict
 from monai_advseg.handlers.outputs import check_new_files, metrics_saver_files, saved_image_files
 from monai_advseg.handlers.report_card import centre_slice, plot_gallery, report_markdown, report_verdict
+from monai_advseg.handlers.report_files import ReportWriter
 from monai_advseg.handlers.robustness_gallery import (
     GALLERY_CASES,
     RobustnessGalleryCollector,
@@ -73,6 +74,7 @@ __all__ = [
     "gallery_levels",
     "predicted_labels",
     "SweepProgressBar",
+    "ReportWriter",
     "REPORT_FILES",
     "RobustnessReportWriter",
     "build_robustness_report",

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai_advseg.handlers.report_card import centre_slice
-from monai_advseg.handlers.report_files import atomic_write, csv_bytes, json_safe, summary
-from monai_advseg.handlers.robustness_report import (
-    check_report_dir,
+from monai_advseg.handlers.report_files import (
+    ReportWriter,
+    csv_bytes,
+    json_bytes,
     require_matplotlib,
-    save_figure,
+    summary,
+    write_files,
 )
+from monai_advseg.handlers.robustness_report import check_report_dir, save_figure
 
 if TYPE_CHECKING:
-    from ignite.engine import Engine
+    pass
 
 __all__ = [
     "CERTIFY_FILES",
@@ -441,15 +444,14 @@ def write_certification_reports(
         FileExistsError: when the folder holds a certification report and ``overwrite`` is False.
     """
     folder = check_certify_dir(output_dir, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in (
-        ("certify.csv", csv_bytes(results["metrics"], SUMMARY_COLUMNS)),
-        ("certify_cases.csv", csv_bytes(results.get("cases", []), CASE_COLUMNS)),
-        ("certify.json", json.dumps(json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
-    ):
-        atomic_write(folder / name, data)
-        written[name] = folder / name
+    written = write_files(
+        folder,
+        {
+            "certify.csv": csv_bytes(results["metrics"], SUMMARY_COLUMNS),
+            "certify_cases.csv": csv_bytes(results.get("cases", []), CASE_COLUMNS),
+            "certify.json": json_bytes(results),
+        },
+    )
     if plot:
         sigma = results.get("certification", {}).get("sigma")
         title = f"{results.get('config', {}).get('network', '')} smoothed, sigma {sigma}"
@@ -459,11 +461,12 @@ def write_certification_reports(
     return written
 
 
-class CertificationReportWriter:
-    """Ignite handler writing the certification's reports when the evaluation epoch completes (rank 0 only).
+class CertificationReportWriter(ReportWriter):
+    """Ignite handler writing the certification's reports (:func:`write_certification_reports`) when the evaluation
+    epoch completes (rank 0 only).
 
     Reads ``engine.state.certification``, which :class:`~monai_advseg.engines.CertificationEvaluator` fills at
-    ``EPOCH_COMPLETED`` before this handler runs.
+    ``EPOCH_COMPLETED`` before this handler runs, and the gallery's cases in ``engine.state.certification_gallery``.
 
     Args:
         output_dir: report folder.
@@ -475,32 +478,8 @@ class CertificationReportWriter:
         ImportError: at construction, when ``plot`` and matplotlib is missing.
     """
 
-    def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
-        check_certify_dir(output_dir, overwrite)  # refuse before any work, not after the certification
-        if plot:
-            require_matplotlib()
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.plot = plot
-        self.paths: dict[str, Path] = {}
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        results = getattr(engine.state, "certification", None)
-        if results is None:
-            raise RuntimeError(
-                "CertificationReportWriter: engine.state.certification is missing; attach it to a certification run"
-            )
-        if getattr(engine.state, "rank", 0) != 0:
-            return
-        self.paths = write_certification_reports(
-            results,
-            self.output_dir,
-            overwrite=self.overwrite,
-            plot=self.plot,
-            gallery=getattr(engine.state, "certification_gallery", None),
-        )
+    state_key = "certification"
+    gallery_key = "certification_gallery"
+    filled_by = "a certification run"
+    check_folder = staticmethod(check_certify_dir)
+    write_reports = staticmethod(write_certification_reports)
