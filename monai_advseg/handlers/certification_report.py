@@ -11,7 +11,6 @@ replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from monai_advseg.handlers.report_files import (
     ReportWriter,
     csv_bytes,
     json_bytes,
+    load_json_report,
     require_matplotlib,
     summary,
     write_files,
@@ -55,22 +55,8 @@ CERTIFY_FILES: tuple[str, ...] = (
 
 REPORT_FORMAT = "monai_advseg.certify/1"
 
-SUMMARY_COLUMNS = (
-    "radius",
-    "certified_dice",
-    "std_certified_dice",
-    "certified_jaccard",
-    "certified_fraction",
-    "abstain_rate",
-    "base_dice",
-    "attack_dice_base",
-    "attack_dice_smoothed",
-    "n_cases",
-)
-CASE_COLUMNS = (
-    "case",
-    "radius",
-    "certified_dice",
+# The scores after the certified Dice, in both tables' order.
+_SCORE_COLUMNS = (
     "certified_jaccard",
     "certified_fraction",
     "abstain_rate",
@@ -78,6 +64,8 @@ CASE_COLUMNS = (
     "attack_dice_base",
     "attack_dice_smoothed",
 )
+SUMMARY_COLUMNS = ("radius", "certified_dice", "std_certified_dice", *_SCORE_COLUMNS, "n_cases")
+CASE_COLUMNS = ("case", "radius", "certified_dice", *_SCORE_COLUMNS)
 
 
 def _mean(values: Any) -> float:
@@ -315,12 +303,7 @@ def load_certification_report(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: when the file is not a certification report.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8") as stream:
-        report = json.load(stream)
-    if not isinstance(report, dict) or not str(report.get("format", "")).startswith("monai_advseg.certify/"):
-        raise ValueError(f"{path} is not a monai_advseg certification report (certify.json)")
-    return report
+    return load_json_report(path, "monai_advseg.certify/", "certification report (certify.json)")
 
 
 def _values(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -468,14 +451,8 @@ class CertificationReportWriter(ReportWriter):
     Reads ``engine.state.certification``, which :class:`~monai_advseg.engines.CertificationEvaluator` fills at
     ``EPOCH_COMPLETED`` before this handler runs, and the gallery's cases in ``engine.state.certification_gallery``.
 
-    Args:
-        output_dir: report folder.
-        overwrite: replace an existing report.
-        plot: also write the figures.
-
-    Raises:
-        FileExistsError: at construction, when the folder holds a certification report and ``overwrite`` is False.
-        ImportError: at construction, when ``plot`` and matplotlib is missing.
+    Arguments and errors as in :class:`~monai_advseg.handlers.ReportWriter` (``plot``: ``certify.png`` and
+    ``certify_gallery.png``).
     """
 
     state_key = "certification"

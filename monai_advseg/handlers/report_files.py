@@ -22,6 +22,7 @@ __all__ = [
     "csv_bytes",
     "json_bytes",
     "json_safe",
+    "load_json_report",
     "require_matplotlib",
     "summary",
     "write_files",
@@ -83,6 +84,29 @@ def json_safe(value: Any) -> Any:
 def json_bytes(value: Any) -> bytes:
     """``value`` as strict, indented JSON (:func:`json_safe` first), one trailing newline."""
     return json.dumps(json_safe(value), indent=2, allow_nan=False).encode() + b"\n"
+
+
+def load_json_report(path: str | Path, format_prefix: str, what: str) -> dict[str, Any]:
+    """Read a JSON report whose ``format`` starts with ``format_prefix`` and that has ``metrics``.
+
+    Args:
+        path: the JSON file.
+        format_prefix: e.g. ``"monai_advseg.robustness/"``.
+        what: the report's name and file in the error, e.g. ``"robustness report (robustness.json)"``.
+
+    Raises:
+        ValueError: when the file is not such a report.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8") as stream:
+        report = json.load(stream)
+    if (
+        not isinstance(report, dict)
+        or "metrics" not in report
+        or not str(report.get("format", "")).startswith(format_prefix)
+    ):
+        raise ValueError(f"{path} is not a monai_advseg {what}")
+    return report
 
 
 def write_files(folder: Path, files: Mapping[str, bytes]) -> dict[str, Path]:

@@ -7,7 +7,6 @@ leaves a half-written report that looks complete. Existing reports are only repl
 from __future__ import annotations
 
 import io
-import json
 import math
 import platform
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from monai_advseg.handlers.report_files import (
     atomic_write,
     csv_bytes,
     json_bytes,
+    load_json_report,
     require_matplotlib,
     summary,
     write_files,
@@ -264,16 +264,7 @@ def load_robustness_report(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: when the file is not a robustness report.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8") as stream:
-        report = json.load(stream)
-    if (
-        not isinstance(report, dict)
-        or "metrics" not in report
-        or not str(report.get("format", "")).startswith("monai_advseg.robustness/")
-    ):
-        raise ValueError(f"{path} is not a monai_advseg robustness report (robustness.json)")
-    return report
+    return load_json_report(path, "monai_advseg.robustness/", "robustness report (robustness.json)")
 
 
 def _curve(report: dict[str, Any], metric: str) -> tuple[float | None, list[float], list[float]]:
@@ -453,14 +444,8 @@ class RobustnessReportWriter(ReportWriter):
     Reads ``engine.state.robustness``, which :class:`~monai_advseg.engines.RobustnessEvaluator` fills at
     ``EPOCH_COMPLETED`` before this handler runs, and the gallery's cases in ``engine.state.robustness_gallery``.
 
-    Args:
-        output_dir: report folder.
-        overwrite: replace an existing report.
-        plot: also write ``robustness.png`` and the gallery.
-
-    Raises:
-        FileExistsError: at construction, when the folder holds a report and ``overwrite`` is False.
-        ImportError: at construction, when ``plot`` and matplotlib is missing.
+    Arguments and errors as in :class:`~monai_advseg.handlers.ReportWriter` (``plot``: ``robustness.png`` and the
+    gallery).
     """
 
     state_key = "robustness"
