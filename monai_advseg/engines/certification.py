@@ -36,6 +36,9 @@ from monai_advseg.handlers.sweep_progress import CertificationProgressBar
 
 __all__ = ["CertificationEvaluator", "default_radii"]
 
+#: The per-case arrays of every run, in :func:`~monai_advseg.handlers.build_certification_report`'s argument order.
+_CASE_SCORES = ("dice", "jaccard", "certified_fraction", "abstain_rate", "base_dice")
+
 
 def default_radii(sigma: float, count: int = 9) -> list[float]:
     """``count`` radii evenly from 0 to ``2 * sigma`` (beyond about ``sigma * Phi^-1(1 - alpha / voxels)`` nothing
@@ -336,8 +339,8 @@ class CertificationEvaluator(OnePassEvaluator):
         self._rows["attack_dice_smoothed"].append(torch.stack(smoothed, dim=1))
 
     def _start(self, engine: CertificationEvaluator) -> None:
-        keys = ("dice", "jaccard", "certified_fraction", "abstain_rate", "base_dice")
-        self._rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "attack_dice_base", "attack_dice_smoothed")}
+        keys = (*_CASE_SCORES, "attack_dice_base", "attack_dice_smoothed")
+        self._rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         self._cases: list[str] = []
         self._flipped = [0] * len(self.attack_radii)
         self._certified_voxels = [0] * len(self.attack_radii)
@@ -376,11 +379,7 @@ class CertificationEvaluator(OnePassEvaluator):
         timings["total_seconds"] = time.perf_counter() - self._started
         self.results = build_certification_report(
             cases,
-            arrays["dice"].numpy(),
-            arrays["jaccard"].numpy(),
-            arrays["certified_fraction"].numpy(),
-            arrays["abstain_rate"].numpy(),
-            arrays["base_dice"].numpy(),
+            *(arrays[key].numpy() for key in _CASE_SCORES),
             radii=self.radii,
             certification={
                 "method": "randomized smoothing for segmentation (Fischer et al., ICML 2021)",
