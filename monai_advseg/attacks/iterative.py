@@ -181,6 +181,9 @@ def _iterate(
     result equals attacking every sample alone, while a sweep over epsilons of one image costs one gradient per step
     until the budgets part.
 
+    The public attacks of this module hand it their parameters by name (``_iterate(**locals())``): their names are
+    the loop's, so an attack only adds what differs (the norm, a step loss) and its own checks.
+
     Args:
         step_rule: the candidate before clipping and projection (default: the norm's steepest-ascent step, the sign
             step for L-inf, the normalized gradient for L2); see :mod:`monai_advseg.attacks.step_rules`. A rule with
@@ -444,17 +447,7 @@ def iterative_fgsm(
     Raises:
         ValueError: on bad strengths, steps, shapes, values or ``clip_range``.
     """
-    return _iterate(
-        network,
-        image,
-        label,
-        epsilon,
-        alpha=alpha,
-        steps=steps,
-        targeted=targeted,
-        loss_fn=loss_fn,
-        clip_range=clip_range,
-    )
+    return _iterate(**locals())  # the parameters by name: they are the loop's
 
 
 def pgd(
@@ -478,22 +471,20 @@ def pgd(
         Others as in :func:`iterative_fgsm` (``steps`` is required).
 
     Returns:
-        The adversarial batch (a new tensor), with ``|x_adv - x| <= epsilon`` exactly for ``epsilon`` in the
-        image's dtype (no float-rounding overshoot), inside ``clip_range`` where the input is.
+        The adversarial batch, as in :func:`iterative_fgsm`.
     """
-    return _iterate(
-        network,
-        image,
-        label,
-        epsilon,
-        alpha=alpha,
-        steps=steps,
-        targeted=targeted,
-        loss_fn=loss_fn,
-        clip_range=clip_range,
-        random_start=random_start,
-        generator=generator,
-    )
+    return _iterate(**locals())  # the parameters by name: they are the loop's
+
+
+def _check_l2_steps(alpha: float | torch.Tensor, steps: int | torch.Tensor) -> None:
+    """:func:`pgd_l2`'s own checks: at least one step, and a step length (no sign step bounds it) > 0."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, torch.Tensor)):
+        raise ValueError(f"pgd_l2: steps must be an int >= 1 or a (B,) tensor of counts, got {steps!r}")
+    if isinstance(steps, int) and steps < 1:
+        raise ValueError(f"pgd_l2: steps must be >= 1, got {steps!r}")
+    length = torch.as_tensor(alpha, dtype=torch.float64)
+    if not bool(torch.isfinite(length).all()) or bool((length <= 0).any()):
+        raise ValueError(f"pgd_l2: alpha (the L2 step length) must be finite and > 0, got {alpha!r}")
 
 
 def pgd_l2(
@@ -517,18 +508,13 @@ def pgd_l2(
     certificates (:mod:`monai_advseg.certify`), so an attack and a certificate can be compared at the same radius.
 
     Args:
-        network: any module returning logits ``(B, C, *spatial)`` (2D or 3D); run in eval mode, modes restored.
-        image: ``(B, C, *spatial)`` in the network's input units.
-        label: true label, or the target when ``targeted``.
         epsilon: the L2 radius per sample in input units, a scalar or a ``(B,)`` tensor; 0 returns the input.
         alpha: the L2 length of a step in input units (> 0), scalar or ``(B,)``; ``2.5 * epsilon / steps`` is
             the usual choice.
         steps: iterations (an int >= 1, or a per-sample ``(B,)`` tensor of counts >= 0).
         random_start: start uniformly in the ball (a Gaussian direction, radius ``eps * U^(1/d)``).
         generator: the random source for the start (pass one for reproducible results), or one per sample.
-        loss_fn: ``loss_fn(logits, label)``, default the summed per-voxel cross-entropy.
-        clip_range: ``(lo, hi)`` valid intensity range, or None.
-        targeted: descend the loss towards ``label`` instead of ascending it.
+        Others as in :func:`pgd` (``network`` 2D or 3D).
 
     Returns:
         The adversarial batch (a new tensor) with ``||x_adv - x||_2 <= epsilon`` per sample (up to the rounding of
@@ -539,27 +525,8 @@ def pgd_l2(
         ValueError: on a negative or non-finite epsilon, ``alpha`` <= 0, ``steps`` < 1, bad shapes or values, or a
             bad ``clip_range``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, torch.Tensor)):
-        raise ValueError(f"pgd_l2: steps must be an int >= 1 or a (B,) tensor of counts, got {steps!r}")
-    if isinstance(steps, int) and steps < 1:
-        raise ValueError(f"pgd_l2: steps must be >= 1, got {steps!r}")
-    step = torch.as_tensor(alpha, dtype=torch.float64)
-    if not bool(torch.isfinite(step).all()) or bool((step <= 0).any()):
-        raise ValueError(f"pgd_l2: alpha (the L2 step length) must be finite and > 0, got {alpha!r}")
-    return _iterate(
-        network,
-        image,
-        label,
-        epsilon,
-        alpha=alpha,
-        steps=steps,
-        targeted=targeted,
-        loss_fn=loss_fn,
-        clip_range=clip_range,
-        random_start=random_start,
-        generator=generator,
-        norm="l2",
-    )
+    _check_l2_steps(alpha, steps)
+    return _iterate(**locals(), norm="l2")  # the parameters by name: they are the loop's
 
 
 def balanced_cross_entropy(
@@ -631,17 +598,4 @@ def segpgd(
     Arguments as in :func:`pgd`; the loss is :func:`segpgd_loss` (class-index labels, multi-channel logits).
     """
 
-    return _iterate(
-        network,
-        image,
-        label,
-        epsilon,
-        alpha=alpha,
-        steps=steps,
-        targeted=targeted,
-        loss_fn=None,
-        clip_range=clip_range,
-        random_start=random_start,
-        generator=generator,
-        step_loss=segpgd_step_loss(targeted),
-    )
+    return _iterate(**locals(), loss_fn=None, step_loss=segpgd_step_loss(targeted))  # the parameters by name

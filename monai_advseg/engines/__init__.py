@@ -14,6 +14,7 @@ from monai_advseg.engines.certification import CertificationEvaluator, default_r
 from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
+from monai_advseg.engines.one_pass import OnePassEvaluator
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
 from monai_advseg.engines.scoring import SegmentationScorer
 
@@ -24,6 +25,7 @@ __all__ = [
     "AdversarialCopyGenerator",
     "CertificationEvaluator",
     "GradientMaskingDiagnostics",
+    "OnePassEvaluator",
     "RobustnessEvaluator",
     "SegmentationScorer",
     "adversarial_augmentations",

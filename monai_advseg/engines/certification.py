@@ -5,14 +5,16 @@ smoothed model (:func:`monai_advseg.certify.smoothed_segmentation`), scores the 
 (:func:`monai_advseg.certify.certified_scores`), scores the base model clean and, when asked, attacks the base model
 with L2 PGD (:func:`monai_advseg.attacks.pgd_l2`) at the attacked radii and scores both the base model and the
 smoothed prediction on those images: the certified Dice at r must not exceed the latter (the report's ``check``).
-The report is built by :func:`~monai_advseg.handlers.certification_report.build_certification_report` and written
-by :class:`~monai_advseg.handlers.certification_report.CertificationReportWriter`.
+The engine only certifies, scores and collects per-case arrays; the gallery's cases
+(:class:`~monai_advseg.handlers.CertificationGalleryCollector`) and the progress bar
+(:class:`~monai_advseg.handlers.CertificationProgressBar`) are handlers. The report is built by
+:func:`~monai_advseg.handlers.certification_report.build_certification_report` and written by
+:class:`~monai_advseg.handlers.certification_report.CertificationReportWriter`.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -20,25 +22,22 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
-from monai.engines import SupervisedEvaluator
 from monai.engines.utils import default_prepare_batch
-from monai.inferers import Inferer, SimpleInferer
+from monai.inferers import Inferer
 from torch import nn
 
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy, unwrap_ddp
 from monai_advseg.certify import ABSTAIN, certified_scores, smoothed_segmentation
-from monai_advseg.engines.robustness import _InferredNetwork
+from monai_advseg.engines.one_pass import OnePassEvaluator
 from monai_advseg.engines.sweep_records import case_ids, gather_across_ranks
-from monai_advseg.handlers.certification_report import (
-    CertificationReportWriter,
-    build_certification_report,
-    check_certify_dir,
-)
-from monai_advseg.handlers.robustness_gallery import GALLERY_CASES
-from monai_advseg.handlers.robustness_report import require_matplotlib
-from monai_advseg.handlers.safe_load import load_network_weights
+from monai_advseg.handlers.certification_gallery import CertificationGalleryCollector
+from monai_advseg.handlers.certification_report import CertificationReportWriter, build_certification_report
+from monai_advseg.handlers.sweep_progress import CertificationProgressBar
 
 __all__ = ["CertificationEvaluator", "default_radii"]
+
+#: The per-case arrays of every run, in :func:`~monai_advseg.handlers.build_certification_report`'s argument order.
+_CASE_SCORES = ("dice", "jaccard", "certified_fraction", "abstain_rate", "base_dice")
 
 
 def default_radii(sigma: float, count: int = 9) -> list[float]:
@@ -85,7 +84,7 @@ def _class_indices(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     return label.argmax(dim=1, keepdim=True)
 
 
-class CertificationEvaluator(SupervisedEvaluator):
+class CertificationEvaluator(OnePassEvaluator):
     """Certified Dice / Jaccard of the Gaussian-smoothed model vs L2 radius, beside the base model and an L2 attack.
 
     ``run()`` certifies every batch once (``n0`` noisy forwards to choose each voxel's class, ``n`` to bound its
@@ -143,7 +142,8 @@ class CertificationEvaluator(SupervisedEvaluator):
         output_dir: folder for the report files; None writes none.
         overwrite: replace existing certification report files in ``output_dir``.
         plot: also write ``certify.png`` and ``certify_gallery.png``.
-        progress: tqdm bar over batches; None shows it only on a terminal.
+        progress: tqdm bar over batches (:class:`~monai_advseg.handlers.CertificationProgressBar`, the cost printed
+            before); None shows it only on a terminal.
         checkpoint: optional weights file loaded with :func:`~monai_advseg.handlers.load_network_weights`.
         config: extra JSON-serialisable information stored in the report (e.g. bundle name, units).
         epoch_length, non_blocking, val_handlers, to_kwargs: as in MONAI's ``SupervisedEvaluator``.
@@ -225,37 +225,21 @@ class CertificationEvaluator(SupervisedEvaluator):
         self.check_tolerance = float(check_tolerance)
         self.include_background = include_background
         self.seed = int(seed)
-        self.progress = progress
         self.extra_config = dict(config or {})
         self.results: dict[str, Any] | None = None
-        if output_dir is not None:
-            check_certify_dir(output_dir, overwrite)
-            if plot:
-                require_matplotlib()
-        if checkpoint is not None:
-            load_network_weights(network, checkpoint)
+        self.report_writer = None if output_dir is None else CertificationReportWriter(output_dir, overwrite, plot)
         super().__init__(
-            device=torch.device(device) if isinstance(device, str) else device,
-            val_data_loader=val_data_loader,
-            network=network,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            inferer=SimpleInferer() if inferer is None else inferer,
-            decollate=False,
-            to_kwargs=to_kwargs,
+            device, val_data_loader, network, inferer, prepare_batch, checkpoint, epoch_length, non_blocking, to_kwargs
         )
         # The base model's scoring and the attack see x -> logits of inferer(x, network) (a deep-supervision
         # network's first output), the attack through the streamed inferer: the pipeline the certificate is about.
-        self.scored = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=False)
-        self.attacked = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=streamed_gradient)
+        self.scored = self.inferred(streamed=False)
+        self.attacked = self.inferred(streamed=streamed_gradient)
+        # Our bookkeeping and collectors run before any user handler, so that theirs see the results.
         self.add_event_handler(Events.EPOCH_STARTED, self._start)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
-        self.report_writer = None if output_dir is None else CertificationReportWriter(output_dir, overwrite, plot)
-        if self.report_writer is not None:
-            self.report_writer.attach(self)
-        if val_handlers is not None:
-            self._register_handlers(val_handlers)
+        progress_bar = CertificationProgressBar(progress)  # the cost is printed either way
+        self.attach_handlers([CertificationGalleryCollector(), progress_bar, self.report_writer], val_handlers)
 
     def certify(
         self, image: torch.Tensor, generator: torch.Generator | None = None
@@ -309,11 +293,7 @@ class CertificationEvaluator(SupervisedEvaluator):
         Returns:
             ``{"image", "label", "certified", "radius"}`` plus ``"certified_dice"`` ``(B, R)``.
         """
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
-            :2
-        ]
+        inputs, targets = self.image_and_label(batchdata)
         inputs = plain_copy(inputs)
         began = time.perf_counter()
         logits = self._base_logits(inputs)
@@ -330,10 +310,7 @@ class CertificationEvaluator(SupervisedEvaluator):
         self._rows["abstain_rate"].append(scores["abstain_rate"])
         if self.attack_radii:
             self._attack_batch(inputs, truth, labels, radius, num_classes)
-        self._keep_gallery(inputs, truth, labels, radius)
         self._cases.extend(case_ids(inputs, len(self._cases), self.state.rank))
-        if self._bar is not None:
-            self._bar.update(1)
         engine.state.output = {
             "image": inputs,
             "label": targets,
@@ -361,55 +338,18 @@ class CertificationEvaluator(SupervisedEvaluator):
         self._rows["attack_dice_base"].append(torch.stack(base, dim=1))
         self._rows["attack_dice_smoothed"].append(torch.stack(smoothed, dim=1))
 
-    def _keep_gallery(self, image, truth, labels, radius) -> None:
-        """Keep the first :data:`~monai_advseg.handlers.GALLERY_CASES` cases' certified maps (CPU)."""
-        take = min(image.shape[0], GALLERY_CASES - len(self._gallery))
-        for b in range(max(take, 0)):
-            self._gallery.append(
-                {
-                    "image": image[b].detach().cpu().float().numpy(),
-                    "label": truth[b, 0].detach().cpu().long().numpy(),
-                    "certified": labels[b, 0].detach().cpu().long().numpy(),
-                    "radius": radius[b, 0].detach().cpu().float().numpy(),
-                }
-            )
-
     def _start(self, engine: CertificationEvaluator) -> None:
-        keys = ("dice", "jaccard", "certified_fraction", "abstain_rate", "base_dice")
-        self._rows: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "attack_dice_base", "attack_dice_smoothed")}
+        keys = (*_CASE_SCORES, "attack_dice_base", "attack_dice_smoothed")
+        self._rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         self._cases: list[str] = []
-        self._gallery: list[dict[str, Any]] = []
         self._flipped = [0] * len(self.attack_radii)
         self._certified_voxels = [0] * len(self.attack_radii)
         names = ("base_seconds", "certify_seconds", "attack_seconds", "smoothed_attack_seconds")
         self._seconds = dict.fromkeys(names, 0.0)
         self._started = time.perf_counter()
         self._generator = torch.Generator().manual_seed(self.seed)
-        self._bar = None
-        if self.progress is not False:
-            from tqdm.auto import tqdm
-
-            passes = self.n0 + self.n
-            attacked = len(self.attack_radii)
-            print(
-                f"certify: {passes} noisy forwards per image (n0 {self.n0} + n {self.n}, sigma {self.sigma:g})"
-                + (
-                    f", plus L2 PGD ({self.attack_steps} steps) and {passes} forwards at each of {attacked} radii"
-                    if attacked
-                    else ""
-                ),
-                file=sys.stderr,
-            )
-            self._bar = tqdm(
-                total=self.state.epoch_length,
-                desc="certify",
-                unit="batch",
-                disable=None if self.progress is None else False,
-            )
 
     def _finish(self, engine: CertificationEvaluator) -> None:
-        if self._bar is not None:
-            self._bar.close()
         widths = {"dice": len(self.radii), "jaccard": len(self.radii), "certified_fraction": len(self.radii)}
         widths.update(attack_dice_base=len(self.attack_radii), attack_dice_smoothed=len(self.attack_radii))
         arrays = {
@@ -423,7 +363,6 @@ class CertificationEvaluator(SupervisedEvaluator):
             arrays["counts"] = counts[None]
             cases, arrays, seconds, _ = gather_across_ranks(cases, arrays, seconds)
             counts = arrays.pop("counts").sum(dim=0)
-        network = unwrap_ddp(self.network)
         attack = None
         if self.attack_radii:
             attack = {
@@ -440,11 +379,7 @@ class CertificationEvaluator(SupervisedEvaluator):
         timings["total_seconds"] = time.perf_counter() - self._started
         self.results = build_certification_report(
             cases,
-            arrays["dice"].numpy(),
-            arrays["jaccard"].numpy(),
-            arrays["certified_fraction"].numpy(),
-            arrays["abstain_rate"].numpy(),
-            arrays["base_dice"].numpy(),
+            *(arrays[key].numpy() for key in _CASE_SCORES),
             radii=self.radii,
             certification={
                 "method": "randomized smoothing for segmentation (Fischer et al., ICML 2021)",
@@ -460,8 +395,7 @@ class CertificationEvaluator(SupervisedEvaluator):
                 "units": "sigma and radii in network-input units (L2 norm over the whole image)",
             },
             config={
-                "network": type(network).__name__,
-                "inferer": type(self.inferer).__name__,
+                **self.network_config(),
                 "include_background": self.include_background,
                 "max_batch": self.max_batch,
                 **self.extra_config,
@@ -476,7 +410,6 @@ class CertificationEvaluator(SupervisedEvaluator):
             check_tolerance=self.check_tolerance,
         )
         engine.state.certification = self.results
-        engine.state.certification_gallery = self._gallery
         engine.state.metrics.update(self._state_metrics())
 
     def _state_metrics(self) -> dict[str, float]:

@@ -17,16 +17,16 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
-from monai.engines import SupervisedEvaluator
 from monai.engines.utils import default_prepare_batch
-from monai.inferers import Inferer, SimpleInferer
+from monai.inferers import Inferer
 from torch import nn
 
 from monai_advseg.attacks import PAPER_EPSILON_LEVELS, levels_to_epsilon
-from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, network_logits, plain_copy, unwrap_ddp
+from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy
 from monai_advseg.attacks.specs import ATTACK_SPECS, AttackSpec, build_attack_spec
 from monai_advseg.attacks.validation import check_max_batch
 from monai_advseg.engines.diagnostics import FULL_RANGE_LEVELS, GradientMaskingDiagnostics
+from monai_advseg.engines.one_pass import OnePassEvaluator
 from monai_advseg.engines.scoring import SegmentationScorer
 from monai_advseg.engines.sweep_records import SweepRecords, case_ids, no_foreground
 from monai_advseg.handlers.robustness_gallery import GALLERY_CASES, RobustnessGalleryCollector, gallery_levels
@@ -37,29 +37,11 @@ from monai_advseg.handlers.robustness_report import (
 )
 from monai_advseg.handlers.safe_load import load_network_weights
 from monai_advseg.handlers.sweep_progress import SweepProgressBar
-from monai_advseg.inferers import streamed_inferer
 
 __all__ = ["ATTACKS", "GALLERY_CASES", "RobustnessEvaluator", "gallery_levels", "load_network_weights"]
 
 #: Attack names accepted by :class:`RobustnessEvaluator` (the registry :data:`~monai_advseg.attacks.ATTACK_SPECS`).
 ATTACKS: tuple[str, ...] = tuple(ATTACK_SPECS)
-
-
-class _InferredNetwork(nn.Module):
-    """``x -> inferer(x, network)`` as a module, so the attack core can differentiate through sliding windows.
-
-    The network is a registered submodule: the core's ``.modules()`` / ``.eval()`` calls reach its layers. With
-    ``streamed``, a MONAI ``SlidingWindowInferer`` is replaced by its streamed counterpart (same output, input gradient
-    one window batch at a time: :func:`~monai_advseg.inferers.streamed_inferer`).
-    """
-
-    def __init__(self, network: nn.Module, inferer: Inferer, streamed: bool = True) -> None:
-        super().__init__()
-        self.network = network
-        self.inferer = streamed_inferer(inferer, streamed)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return network_logits(self.inferer(image, self.network))
 
 
 def _check_epsilons(epsilons: Sequence[float]) -> list[float]:
@@ -89,7 +71,7 @@ def _check_intensity_range(intensity_range: Sequence[float]) -> tuple[float, flo
     return float(intensity_range[0]), float(intensity_range[1])
 
 
-class RobustnessEvaluator(SupervisedEvaluator):
+class RobustnessEvaluator(OnePassEvaluator):
     """Clean and adversarial Dice / Jaccard over an epsilon sweep (the NLCE paper's robustness protocol).
 
     ``run()`` evaluates every batch clean and under the attack at every epsilon. ``self.results`` (also
@@ -194,33 +176,20 @@ class RobustnessEvaluator(SupervisedEvaluator):
         self.results: dict[str, Any] | None = None
         self.diagnostics = _diagnostics(diagnostics, self.attack_spec, self.epsilon_levels)
         self.report_writer = None if output_dir is None else RobustnessReportWriter(output_dir, overwrite, plot)
-        if checkpoint is not None:
-            load_network_weights(network, checkpoint)
         super().__init__(
-            device=torch.device(device) if isinstance(device, str) else device,
-            val_data_loader=val_data_loader,
-            network=network,
-            epoch_length=epoch_length,
-            non_blocking=non_blocking,
-            prepare_batch=prepare_batch,
-            inferer=SimpleInferer() if inferer is None else inferer,
-            decollate=False,
-            to_kwargs=to_kwargs,
+            device, val_data_loader, network, inferer, prepare_batch, checkpoint, epoch_length, non_blocking, to_kwargs
         )
-        self.attacked = _InferredNetwork(unwrap_ddp(network), self.inferer, streamed=streamed_gradient)
+        self.attacked = self.inferred(streamed=streamed_gradient)
         self.streamed_gradient = self.attacked.inferer is not self.inferer
         self.scorer = SegmentationScorer(include_background, ignore_empty) if scorer is None else scorer
         # Our bookkeeping and collectors run before any user handler, so that theirs see the results.
         self.add_event_handler(Events.EPOCH_STARTED, self._start_sweep)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_sweep)
-        RobustnessGalleryCollector().attach(self)
-        if self.diagnostics is not None:
-            self.diagnostics.attach(self)
-        SweepProgressBar(progress).attach(self)  # the cost is printed before every run, the bar as ``progress`` says
-        if self.report_writer is not None:
-            self.report_writer.attach(self)
-        if val_handlers is not None:
-            self._register_handlers(val_handlers)
+        # the cost is printed before every run; the bar as ``progress`` says
+        self.attach_handlers(
+            [RobustnessGalleryCollector(), self.diagnostics, SweepProgressBar(progress), self.report_writer],
+            val_handlers,
+        )
 
     def step_counts(self) -> list[int]:
         """Gradient steps per epsilon of the sweep, in the order of ``self.epsilon_levels``."""
@@ -252,7 +221,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             ``(E, B, C, *spatial)``, index ``e`` holding the images attacked at ``levels[e]``.
         """
         spec = self.attack_spec if spec is None else spec
-        attacked = self.attacked if network is None else _InferredNetwork(unwrap_ddp(network), self.inferer)
+        attacked = self.attacked if network is None else self.inferred(network)
         target = plain_copy(spec.target(label, num_classes))
         extra: dict[str, Any] = {}
         if getattr(spec, "uses_scorer", False):  # e.g. the worst case: it picks by our Dice
@@ -291,12 +260,8 @@ class RobustnessEvaluator(SupervisedEvaluator):
             ``"jaccard"``, ``"foreground"`` of shape ``(B, 1 + E)``: column 0 clean, column ``1 + e`` at
             ``epsilon_levels[e]``.
         """
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
         engine.state.output = None  # the previous batch's adversarial images are not needed while attacking this one
-        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
-            :2
-        ]
+        inputs, targets = self.image_and_label(batchdata)
         records = self._records
         began = time.perf_counter()
         clean_logits = self.predict_logits(inputs)
@@ -335,7 +300,6 @@ class RobustnessEvaluator(SupervisedEvaluator):
             dice = self._records.arrays()["dice"]
             diagnostics = self.diagnostics.report(self, dice[:, 0], dice[:, 1:])
         cases, arrays, seconds, details = self._records.gathered()
-        network = unwrap_ddp(self.network)
         self.results = build_robustness_report(
             cases,
             arrays["dice"].numpy(),
@@ -348,8 +312,7 @@ class RobustnessEvaluator(SupervisedEvaluator):
             seconds=seconds.tolist(),
             attack=self.attack_spec.describe(self.intensity_range, self.seed),
             config={
-                "network": type(network).__name__,
-                "inferer": type(self.inferer).__name__,
+                **self.network_config(),
                 "streamed_gradient": self.streamed_gradient,
                 "intensity_range": list(self.intensity_range),
                 "scorer": type(self.scorer).__name__,

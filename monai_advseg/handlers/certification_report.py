@@ -11,7 +11,6 @@ replaced with ``overwrite=True``.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from collections.abc import Sequence
@@ -19,15 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai_advseg.handlers.report_card import centre_slice
-from monai_advseg.handlers.report_files import atomic_write, csv_bytes, json_safe, summary
-from monai_advseg.handlers.robustness_report import (
-    check_report_dir,
+from monai_advseg.handlers.report_files import (
+    ReportWriter,
+    csv_bytes,
+    json_bytes,
+    load_json_report,
     require_matplotlib,
-    save_figure,
+    summary,
+    write_files,
 )
+from monai_advseg.handlers.robustness_report import check_report_dir, save_figure
 
 if TYPE_CHECKING:
-    from ignite.engine import Engine
+    pass
 
 __all__ = [
     "CERTIFY_FILES",
@@ -52,22 +55,8 @@ CERTIFY_FILES: tuple[str, ...] = (
 
 REPORT_FORMAT = "monai_advseg.certify/1"
 
-SUMMARY_COLUMNS = (
-    "radius",
-    "certified_dice",
-    "std_certified_dice",
-    "certified_jaccard",
-    "certified_fraction",
-    "abstain_rate",
-    "base_dice",
-    "attack_dice_base",
-    "attack_dice_smoothed",
-    "n_cases",
-)
-CASE_COLUMNS = (
-    "case",
-    "radius",
-    "certified_dice",
+# The scores after the certified Dice, in both tables' order.
+_SCORE_COLUMNS = (
     "certified_jaccard",
     "certified_fraction",
     "abstain_rate",
@@ -75,6 +64,8 @@ CASE_COLUMNS = (
     "attack_dice_base",
     "attack_dice_smoothed",
 )
+SUMMARY_COLUMNS = ("radius", "certified_dice", "std_certified_dice", *_SCORE_COLUMNS, "n_cases")
+CASE_COLUMNS = ("case", "radius", "certified_dice", *_SCORE_COLUMNS)
 
 
 def _mean(values: Any) -> float:
@@ -312,12 +303,7 @@ def load_certification_report(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: when the file is not a certification report.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8") as stream:
-        report = json.load(stream)
-    if not isinstance(report, dict) or not str(report.get("format", "")).startswith("monai_advseg.certify/"):
-        raise ValueError(f"{path} is not a monai_advseg certification report (certify.json)")
-    return report
+    return load_json_report(path, "monai_advseg.certify/", "certification report (certify.json)")
 
 
 def _values(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -441,15 +427,14 @@ def write_certification_reports(
         FileExistsError: when the folder holds a certification report and ``overwrite`` is False.
     """
     folder = check_certify_dir(output_dir, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in (
-        ("certify.csv", csv_bytes(results["metrics"], SUMMARY_COLUMNS)),
-        ("certify_cases.csv", csv_bytes(results.get("cases", []), CASE_COLUMNS)),
-        ("certify.json", json.dumps(json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
-    ):
-        atomic_write(folder / name, data)
-        written[name] = folder / name
+    written = write_files(
+        folder,
+        {
+            "certify.csv": csv_bytes(results["metrics"], SUMMARY_COLUMNS),
+            "certify_cases.csv": csv_bytes(results.get("cases", []), CASE_COLUMNS),
+            "certify.json": json_bytes(results),
+        },
+    )
     if plot:
         sigma = results.get("certification", {}).get("sigma")
         title = f"{results.get('config', {}).get('network', '')} smoothed, sigma {sigma}"
@@ -459,41 +444,19 @@ def write_certification_reports(
     return written
 
 
-class CertificationReportWriter:
-    """Ignite handler writing the certification's reports when the evaluation epoch completes (rank 0 only).
+class CertificationReportWriter(ReportWriter):
+    """Ignite handler writing the certification's reports (:func:`write_certification_reports`) when the evaluation
+    epoch completes (rank 0 only).
 
     Reads ``engine.state.certification``, which :class:`~monai_advseg.engines.CertificationEvaluator` fills at
-    ``EPOCH_COMPLETED`` before this handler runs.
+    ``EPOCH_COMPLETED`` before this handler runs, and the gallery's cases in ``engine.state.certification_gallery``.
 
-    Args:
-        output_dir: report folder.
-        overwrite: replace an existing report.
-        plot: also write the figures.
+    Arguments and errors as in :class:`~monai_advseg.handlers.ReportWriter` (``plot``: ``certify.png`` and
+    ``certify_gallery.png``).
     """
 
-    def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.plot = plot
-        self.paths: dict[str, Path] = {}
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        results = getattr(engine.state, "certification", None)
-        if results is None:
-            raise RuntimeError(
-                "CertificationReportWriter: engine.state.certification is missing; attach it to a certification run"
-            )
-        if getattr(engine.state, "rank", 0) != 0:
-            return
-        self.paths = write_certification_reports(
-            results,
-            self.output_dir,
-            overwrite=self.overwrite,
-            plot=self.plot,
-            gallery=getattr(engine.state, "certification_gallery", None),
-        )
+    state_key = "certification"
+    gallery_key = "certification_gallery"
+    filled_by = "a certification run"
+    check_folder = staticmethod(check_certify_dir)
+    write_reports = staticmethod(write_certification_reports)

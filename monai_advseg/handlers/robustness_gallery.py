@@ -17,7 +17,14 @@ from ignite.engine import Engine, Events
 
 from monai_advseg.attacks.scoring import predicted_classes
 
-__all__ = ["GALLERY_CASES", "RobustnessGalleryCollector", "gallery_levels"]
+__all__ = [
+    "GALLERY_CASES",
+    "GalleryCollector",
+    "RobustnessGalleryCollector",
+    "gallery_array",
+    "gallery_levels",
+    "label_indices",
+]
 
 #: Cases whose images the gallery keeps (the first ones the sweep sees; bounded memory).
 GALLERY_CASES = 3
@@ -38,7 +45,51 @@ def gallery_levels(levels: Sequence[float], count: int = 3) -> list[float]:
     return sorted({min(positive, key=lambda e, w=w: abs(e - w)) for w in wanted})
 
 
-class RobustnessGalleryCollector:
+def label_indices(label: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot truth -> ``(B, *spatial)`` class indices."""
+    return label[:, 0] if label.shape[1] == 1 else label.argmax(dim=1)
+
+
+def gallery_array(image: torch.Tensor) -> Any:
+    """A kept case's tensor as a float numpy array on the CPU (a MONAI ``MetaTensor`` as a plain one)."""
+    return image.detach().as_subclass(torch.Tensor).cpu().float().numpy()
+
+
+class GalleryCollector:
+    """Base of the gallery collectors: an ignite handler keeping the first ``cases`` cases an engine's iterations
+    output, as dicts of numpy arrays, in the list ``engine.state.<state_key>`` (emptied when an epoch starts).
+
+    A subclass sets ``state_key`` and turns the first ``take`` cases of the iteration output into the gallery's dicts
+    (:meth:`keep`).
+
+    Args:
+        cases: how many cases to keep.
+    """
+
+    state_key = ""
+
+    def __init__(self, cases: int = GALLERY_CASES) -> None:
+        self.cases = cases
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def reset(self, engine: Engine) -> None:
+        setattr(engine.state, self.state_key, [])
+
+    def __call__(self, engine: Engine) -> None:
+        gallery: list[dict[str, Any]] = getattr(engine.state, self.state_key)
+        take = min(engine.state.output["image"].shape[0], self.cases - len(gallery))
+        if take > 0:
+            gallery.extend(self.keep(engine, engine.state.output, take))
+
+    def keep(self, engine: Engine, output: dict[str, Any], take: int) -> list[dict[str, Any]]:
+        """The gallery's dicts of the first ``take`` cases of the iteration ``output``."""
+        raise NotImplementedError
+
+
+class RobustnessGalleryCollector(GalleryCollector):
     """Keep the first cases of a sweep for the example gallery (``engine.state.robustness_gallery``).
 
     The engine must provide ``epsilon_levels`` and ``predict_logits(image)`` and put ``image``, ``label``, ``pred``
@@ -50,41 +101,25 @@ class RobustnessGalleryCollector:
         cases: how many cases to keep.
     """
 
-    def __init__(self, cases: int = GALLERY_CASES) -> None:
-        self.cases = cases
+    state_key = "robustness_gallery"
 
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def reset(self, engine: Engine) -> None:
-        engine.state.robustness_gallery = []
-
-    def __call__(self, engine: Engine) -> None:
-        gallery: list[dict[str, Any]] = engine.state.robustness_gallery
-        output = engine.state.output
+    def keep(self, engine: Engine, output: dict[str, Any], take: int) -> list[dict[str, Any]]:
         levels = gallery_levels(engine.epsilon_levels)
-        take = min(output["image"].shape[0], self.cases - len(gallery))
-        if take <= 0 or not levels:
-            return
+        if not levels:
+            return []
         columns = [engine.epsilon_levels.index(e) for e in levels]
         adversarial = [output["adversarial"][c, :take].detach() for c in columns]
         predictions = [predicted_classes(engine.predict_logits(images)).cpu() for images in adversarial]
-        label = output["label"]
-        truth = label[:, 0] if label.shape[1] == 1 else label.argmax(dim=1)
+        truth = label_indices(output["label"][:take])
         clean = predicted_classes(output["pred"][:take]).cpu()
-        for b in range(take):
-            gallery.append(
-                {
-                    "image": _array(output["image"][b]),
-                    "label": truth[b].detach().cpu().long().numpy(),
-                    "clean_prediction": clean[b].numpy(),
-                    "eps_levels": list(levels),
-                    "adversarial": [_array(images[b]) for images in adversarial],
-                    "adversarial_prediction": [p[b].numpy() for p in predictions],
-                }
-            )
-
-
-def _array(image: torch.Tensor) -> Any:
-    return image.detach().as_subclass(torch.Tensor).cpu().float().numpy()
+        return [
+            {
+                "image": gallery_array(output["image"][b]),
+                "label": truth[b].detach().cpu().long().numpy(),
+                "clean_prediction": clean[b].numpy(),
+                "eps_levels": list(levels),
+                "adversarial": [gallery_array(images[b]) for images in adversarial],
+                "adversarial_prediction": [p[b].numpy() for p in predictions],
+            }
+            for b in range(take)
+        ]

@@ -7,7 +7,6 @@ leaves a half-written report that looks complete. Existing reports are only repl
 from __future__ import annotations
 
 import io
-import json
 import math
 import platform
 from collections.abc import Sequence
@@ -15,10 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monai_advseg.handlers.report_card import plot_gallery, report_markdown
-from monai_advseg.handlers.report_files import atomic_write, csv_bytes, json_safe, summary
+from monai_advseg.handlers.report_files import (
+    ReportWriter,
+    atomic_write,
+    csv_bytes,
+    json_bytes,
+    load_json_report,
+    require_matplotlib,
+    summary,
+    write_files,
+)
 
 if TYPE_CHECKING:  # ignite pulls in torch; the report command line only needs matplotlib
-    from ignite.engine import Engine
+    pass
 
 __all__ = [
     "REPORT_FILES",
@@ -209,28 +217,6 @@ def build_robustness_report(
     return report
 
 
-def require_matplotlib() -> Any:
-    """Import matplotlib with the non-interactive Agg backend.
-
-    Returns:
-        ``matplotlib.pyplot``.
-
-    Raises:
-        ImportError: when matplotlib (a base dependency) is not installed.
-    """
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError(
-            "robustness figures need matplotlib: pip install matplotlib (a dependency of monai_advseg), "
-            "or pass plot=False"
-        ) from error
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def check_report_dir(
     output_dir: str | Path,
     overwrite: bool = False,
@@ -278,16 +264,7 @@ def load_robustness_report(path: str | Path) -> dict[str, Any]:
     Raises:
         ValueError: when the file is not a robustness report.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8") as stream:
-        report = json.load(stream)
-    if (
-        not isinstance(report, dict)
-        or "metrics" not in report
-        or not str(report.get("format", "")).startswith("monai_advseg.robustness/")
-    ):
-        raise ValueError(f"{path} is not a monai_advseg robustness report (robustness.json)")
-    return report
+    return load_json_report(path, "monai_advseg.robustness/", "robustness report (robustness.json)")
 
 
 def _curve(report: dict[str, Any], metric: str) -> tuple[float | None, list[float], list[float]]:
@@ -442,19 +419,16 @@ def write_robustness_reports(
         FileExistsError: when the folder holds a report and ``overwrite`` is False.
     """
     folder = check_report_dir(output_dir, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, data in (
-        ("robustness.csv", csv_bytes(results["metrics"], _with_extra_columns(results["metrics"], SUMMARY_COLUMNS))),
-        (
-            "robustness_cases.csv",
-            csv_bytes(results.get("cases", []), _with_extra_columns(results.get("cases", []), CASE_COLUMNS)),
-        ),
-        ("robustness.json", json.dumps(json_safe(results), indent=2, allow_nan=False).encode() + b"\n"),
-        ("robustness.md", report_markdown(results).encode()),
-    ):
-        atomic_write(folder / name, data)
-        written[name] = folder / name
+    cases = results.get("cases", [])
+    written = write_files(
+        folder,
+        {
+            "robustness.csv": csv_bytes(results["metrics"], _with_extra_columns(results["metrics"], SUMMARY_COLUMNS)),
+            "robustness_cases.csv": csv_bytes(cases, _with_extra_columns(cases, CASE_COLUMNS)),
+            "robustness.json": json_bytes(results),
+            "robustness.md": report_markdown(results).encode(),
+        },
+    )
     if plot:
         title = f"{results.get('config', {}).get('network', '')} under {results.get('attack', {}).get('name', '')}"
         written["robustness.png"] = plot_robustness([results], folder / "robustness.png", labels=["model"], title=title)
@@ -463,49 +437,22 @@ def write_robustness_reports(
     return written
 
 
-class RobustnessReportWriter:
-    """Ignite handler writing the sweep's reports when the evaluation epoch completes (rank 0 only).
+class RobustnessReportWriter(ReportWriter):
+    """Ignite handler writing the sweep's reports (:func:`write_robustness_reports`) when the evaluation epoch
+    completes (rank 0 only).
 
     Reads ``engine.state.robustness``, which :class:`~monai_advseg.engines.RobustnessEvaluator` fills at
-    ``EPOCH_COMPLETED`` before this handler runs.
+    ``EPOCH_COMPLETED`` before this handler runs, and the gallery's cases in ``engine.state.robustness_gallery``.
 
-    Args:
-        output_dir: report folder.
-        overwrite: replace an existing report.
-        plot: also write ``robustness.png``.
-
-    Raises:
-        FileExistsError: at construction, when the folder holds a report and ``overwrite`` is False.
-        ImportError: at construction, when ``plot`` and matplotlib is missing.
+    Arguments and errors as in :class:`~monai_advseg.handlers.ReportWriter` (``plot``: ``robustness.png`` and the
+    gallery).
     """
 
-    def __init__(self, output_dir: str | Path, overwrite: bool = False, plot: bool = True) -> None:
-        check_report_dir(output_dir, overwrite)  # refuse before any work, not after the sweep
-        if plot:
-            require_matplotlib()
-        self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
-        self.plot = plot
-        self.paths: dict[str, Path] = {}
-
-    def attach(self, engine: Engine) -> None:
-        from ignite.engine import Events
-
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        results = getattr(engine.state, "robustness", None)
-        if results is None:
-            raise RuntimeError("RobustnessReportWriter: engine.state.robustness is missing; attach it to a sweep")
-        if getattr(engine.state, "rank", 0) != 0:
-            return
-        self.paths = write_robustness_reports(
-            results,
-            self.output_dir,
-            overwrite=self.overwrite,
-            plot=self.plot,
-            gallery=getattr(engine.state, "robustness_gallery", None),
-        )
+    state_key = "robustness"
+    gallery_key = "robustness_gallery"
+    filled_by = "a sweep"
+    check_folder = staticmethod(check_report_dir)
+    write_reports = staticmethod(write_robustness_reports)
 
 
 def state_metrics(results: dict[str, Any]) -> dict[str, float]:
