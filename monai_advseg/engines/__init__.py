@@ -15,7 +15,7 @@ from monai_advseg.engines.diagnostics import GradientMaskingDiagnostics
 from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
-from monai_advseg.engines.scoring import SegmentationScorer
+from monai_advseg.engines.scoring import MultiLabelScorer, SegmentationScorer
 
 __all__ = [
     "ATTACKS",
@@ -25,6 +25,7 @@ __all__ = [
     "CertificationEvaluator",
     "GradientMaskingDiagnostics",
     "RobustnessEvaluator",
+    "MultiLabelScorer",
     "SegmentationScorer",
     "adversarial_augmentations",
     "as_flag",

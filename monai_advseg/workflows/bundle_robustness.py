@@ -79,8 +79,9 @@ class PredictionRule:
     """What counts as a prediction, read from the bundle's own postprocessing.
 
     Attributes:
-        activation: ``"softmax"`` (argmax over channels), ``"sigmoid"`` (each channel thresholded) or ``"auto"``
-            (no activation found: argmax for several channels, ``sigmoid >= 0.5`` for one).
+        activation: ``"softmax"`` (argmax over channels), ``"sigmoid"`` (each channel thresholded on its own: one
+            binary label, or several independent ones, multi-label) or ``"auto"`` (no activation found: argmax for
+            several channels, ``sigmoid >= 0.5`` for one).
         threshold: the sigmoid threshold (``AsDiscreted(threshold=...)``, default 0.5).
         source: where the rule was read.
     """
@@ -129,12 +130,27 @@ class PredictionRule:
 
     @property
     def needs_wrapper(self) -> bool:
-        """Sigmoid bundles go through :class:`SigmoidPrediction` (their threshold; one channel only)."""
+        """Sigmoid bundles go through :class:`SigmoidPrediction` (their threshold)."""
         return self.activation == "sigmoid"
 
-    def network(self, network: nn.Module, inferer: Inferer) -> nn.Module:
-        """The module the evaluator attacks: the network, or (sigmoid) the network through the inferer, adapted."""
-        return SigmoidPrediction(network, inferer, self.threshold) if self.needs_wrapper else network
+    @property
+    def multi_label(self) -> bool:
+        """The evaluator's ``multi_label``: a sigmoid bundle's channels are scored and attacked one by one (with one
+        channel, the binary case)."""
+        return self.activation == "sigmoid"
+
+    def network(self, network: nn.Module, inferer: Inferer, multi_label: bool = False) -> nn.Module:
+        """The module the evaluator attacks: the network, or (sigmoid) the network through the inferer, adapted.
+
+        Args:
+            network: the bundle's network.
+            inferer: the bundle's inferer.
+            multi_label: the evaluator scores several sigmoid channels one by one (else :class:`SigmoidPrediction`
+                refuses them).
+        """
+        if not self.needs_wrapper:
+            return network
+        return SigmoidPrediction(network, inferer, self.threshold, multi_label=multi_label)
 
     def inferer(self, inferer: Inferer) -> Inferer:
         """The inferer the evaluator wraps around :meth:`network` (already inside it for sigmoid bundles)."""
@@ -149,31 +165,36 @@ class PredictionRule:
         """The rule and the attack loss that follows from it, for the report."""
         loss = {
             "softmax": "cross-entropy over the channels (softmax), summed over voxels",
-            "sigmoid": "binary cross-entropy of the one channel, logits shifted to the threshold, summed over voxels",
+            "sigmoid": "binary cross-entropy of each channel (one label per channel), logits shifted to the threshold, "
+            "summed over channels and voxels",
             "auto": "cross-entropy for several channels, binary cross-entropy for one, summed over voxels",
         }[self.activation]
         return {"activation": self.activation, "threshold": self.threshold, "source": self.source, "attack_loss": loss}
 
 
 class SigmoidPrediction(nn.Module):
-    """A one-channel sigmoid network's logits shifted by the bundle's threshold: ``z - logit(threshold)``.
+    """A sigmoid network's logits shifted by the bundle's threshold: ``z - logit(threshold)``, every channel.
 
-    The evaluator scores one channel as ``sigmoid >= 0.5`` and the attack core's loss for one channel is the binary
-    cross-entropy, so after the shift both follow the bundle's decision ``sigmoid(z) >= threshold``. The inferer is
-    applied inside (a sliding window averages logits, so the shift commutes with it).
+    The evaluator scores each channel as ``sigmoid >= 0.5`` (one channel, or several with ``multi_label``) and the
+    attack loss is each channel's binary cross-entropy, so after the shift both follow the bundle's decision
+    ``sigmoid(z) >= threshold``. The inferer is applied inside (a sliding window averages logits, so the shift
+    commutes with it).
 
     Args:
         network: the bundle's network.
         inferer: the bundle's inferer.
         threshold: the sigmoid threshold of the bundle's postprocessing.
+        multi_label: several channels are independent labels that the evaluator scores one by one
+            (``RobustnessEvaluator(multi_label=True)``); False refuses them.
 
     Raises:
-        InputError: (in ``forward``) for a multi-channel sigmoid (multi-label) network: the attack core's loss is a
-            softmax cross-entropy for several channels, so such bundles are not supported yet.
+        InputError: (in ``forward``) for a multi-channel output without ``multi_label``: a softmax reading of the
+            labels (argmax, cross-entropy over the channels) would score and attack something else.
     """
 
-    def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5) -> None:
+    def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5, multi_label: bool = False) -> None:
         super().__init__()
+        self.multi_label = bool(multi_label)
         self.network = network
         self.inferer = inferer
         self.threshold = float(threshold)
@@ -183,11 +204,11 @@ class SigmoidPrediction(nn.Module):
         from monai_advseg.attacks.gradient import network_logits
 
         logits = network_logits(self.inferer(image, self.network))
-        if logits.shape[1] != 1:
+        if logits.shape[1] != 1 and not self.multi_label:
             raise InputError(
                 f"validate#postprocessing: sigmoid activation on a {logits.shape[1]}-channel output (multi-label): "
-                "not supported yet (the attack loss would be a softmax cross-entropy over the labels); "
-                "one-channel sigmoid and softmax bundles are"
+                "not supported here (argmax and a softmax cross-entropy would read the labels as classes); "
+                "the robustness sweep supports it, one-channel sigmoid and softmax bundles run everywhere"
             )
         return logits - self.shift if self.shift else logits
 

@@ -329,3 +329,38 @@ def test_certify_mode_refuses_an_existing_certification_report(spleen, tmp_path,
     assert status == 1 and len(errors) == 1
     assert errors[0].startswith(f"error: {out}: ") and "certify.csv" in errors[0] and "--overwrite true" in errors[0]
     assert (out / "certify.csv").read_text() == "earlier"
+
+
+def test_a_multi_label_sigmoid_bundle_is_scored_channel_by_channel(spleen, tmp_path, capsys):
+    """The zoo bundle turned multi-label: sigmoid + threshold postprocessing, the label as two binary channels."""
+
+    def multi_label(config):
+        config["validate"]["postprocessing"] = {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+            ],
+        }
+        transforms = [
+            *config["train"]["deterministic_transforms"],
+            {"_target_": "AsDiscreted", "keys": "label", "to_onehot": 2},
+        ]
+        config["validate"]["preprocessing"] = {"_target_": "Compose", "transforms": transforms}
+
+    bundle = _edited_bundle(spleen, tmp_path, multi_label)
+    (bundle / "configs" / "evaluate.json").unlink()  # it restates the softmax postprocessing
+    out = tmp_path / "out"
+    status, errors = _run_main(capsys, bundle, spleen[1], out, "--epsilons", "[2]", "--attack", "fgsm")
+    assert status == 0 and errors == []
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["config"]["prediction"]["activation"] == "sigmoid"
+    assert report["config"]["multi_label"] is True and report["config"]["scorer"] == "MultiLabelScorer"
+    assert "binary cross-entropy of each channel" in report["config"]["prediction"]["attack_loss"]
+    for row in report["metrics"]:
+        assert 0 <= row["mean_dice"] <= 1
+    status, errors = _run_main(
+        capsys, bundle, spleen[1], tmp_path / "refused", "--epsilons", "[2]", "--attack", "segpgd"
+    )
+    assert status == 1 and errors[0].startswith("error: multi_label: attack 'segpgd' follows a softmax loss")
+    assert not (tmp_path / "refused").exists()
