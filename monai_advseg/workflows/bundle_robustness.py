@@ -268,6 +268,9 @@ def report_config(
     """
     ordered = sorted(float(v) for v in levels)
     alpha = units.all_units([alpha_levels])
+    prediction_block = prediction.describe()
+    if "attack_loss" in info:  # --attack_loss bundle replaces the rule's loss
+        prediction_block["attack_loss"] = info["attack_loss"]
     return {
         **info,
         "epsilon_units": {
@@ -275,7 +278,7 @@ def report_config(
             **units.all_units(ordered),
             "alpha": {name: None if values is None else values[0] for name, values in alpha.items()},
         },
-        "prediction": prediction.describe(),
+        "prediction": prediction_block,
     }
 
 
@@ -475,6 +478,26 @@ def _network_error(parser: Any, config_id: str, error: BaseException) -> InputEr
     return InputError(f"{config_id}: cannot build {target}: {_root_message(error)}{hint}")
 
 
+#: ``--attack_loss`` values: the prediction rule's loss, or the bundle's own ``loss``.
+ATTACK_LOSSES = ("default", "bundle")
+
+
+def _bundle_loss(parser: Any) -> str:
+    """Check the bundle's ``loss`` for ``--attack_loss bundle``; return its description for the report."""
+    if "loss" not in parser:
+        raise InputError("--attack_loss bundle: the bundle's configs define no `loss` id")
+    loss = _resolve(parser, "loss", "loss")
+    kind = type(loss)
+    if not (isinstance(loss, nn.Module) and kind.__module__.startswith("monai.losses")):
+        raise InputError(
+            f"loss: {kind.__module__}.{kind.__qualname__} is not a MONAI loss (monai.losses); "
+            "--attack_loss bundle takes a MONAI loss of (logits, label), e.g. DiceCELoss"
+        )
+    return (
+        f"the bundle's loss: {kind.__module__}.{kind.__qualname__}, per sample (monai_advseg.attacks.per_sample_loss)"
+    )
+
+
 def _check_items(parser: Any, dataset_dir: Path, image_key: str, label_key: str = "label") -> int:
     """Check ``validate#dataset#data``: a non-empty list of items with an image and a label that exist."""
     items = _resolve(parser, "validate#dataset#data", "validate#dataset#data")
@@ -523,6 +546,7 @@ def bundle_robustness(
     certify_alpha: float = 0.001,
     radii: Sequence[float] | None = None,
     attack_radii: Sequence[float] | None = None,
+    attack_loss: str = "default",
 ) -> dict[str, Any]:
     """Evaluate an unmodified MONAI bundle under an epsilon sweep and write the robustness reports.
 
@@ -559,6 +583,11 @@ def bundle_robustness(
         radii: the certificate's L2 radii in ``epsilon_unit``; None: 0 .. 2 sigma.
         attack_radii: L2 radii (``epsilon_unit``) at which the base model is attacked with L2 PGD (``steps``
             iterations, default 20) for the report's check; None: no attack.
+        attack_loss: ``default`` (the loss that follows from the prediction rule: cross-entropy, or binary
+            cross-entropy per channel) or ``bundle``: the bundle's own ``loss`` (a MONAI loss taking
+            ``(logits, label)``, e.g. ``DiceCELoss``), applied to each sample on its own
+            (:func:`~monai_advseg.attacks.per_sample_loss`); for the single-loss attacks (``ifgsm_targeted``,
+            ``fgsm``, ``pgd``, ``pgd_l2``). Recorded in the report's ``config.attack_loss``. Sweep only.
 
     Returns:
         the report (``RobustnessEvaluator.results``, or ``CertificationEvaluator.results`` with ``certify``).
@@ -593,9 +622,18 @@ def bundle_robustness(
         if stray:
             raise InputError(f"{', '.join(stray)}: only with --certify")
     try:
-        build_attack_spec(attack)
+        spec = build_attack_spec(attack)
     except ValueError as error:
         raise InputError(f"--attack: {error}") from None
+    if attack_loss not in ATTACK_LOSSES:
+        raise InputError(f"--attack_loss: {attack_loss!r}: unknown; choose one of {', '.join(ATTACK_LOSSES)}")
+    if certify and attack_loss != "default":
+        raise InputError("--attack_loss: only for the sweep, not with --certify")
+    if attack_loss == "bundle" and not spec.accepts_loss:
+        raise InputError(
+            f"--attack_loss bundle: attack {attack!r} has its own loss(es); the bundle's loss drives "
+            "ifgsm_targeted, fgsm, pgd or pgd_l2"
+        )
     if epsilons is None:
         if epsilon_unit != "levels":
             raise InputError(
@@ -632,6 +670,10 @@ def bundle_robustness(
     if ckpt is None:
         folder = _resolve(parser, "ckpt_dir", "ckpt_dir") if "ckpt_dir" in parser else root / "models"
         ckpt = Path(str(folder)) / "model.pt"
+    loss_description = None
+    if attack_loss == "bundle":
+        loss_description = _bundle_loss(parser)
+        parser["robustness#attack_loss_fn"] = "$monai_advseg.attacks.per_sample_loss(@loss)"
     metadata = parser.get("_meta_", {}) or {}
     parser.update(
         {
@@ -662,6 +704,7 @@ def bundle_robustness(
                     if certify
                     else {"epsilons_given": sorted(float(e) for e in epsilons), "alpha_given": alpha}
                 ),
+                **({} if loss_description is None else {"attack_loss": loss_description}),
             },
         }
     )
