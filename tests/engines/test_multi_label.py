@@ -145,3 +145,21 @@ def test_a_case_with_only_the_first_label_is_not_empty_and_the_report_says_multi
     assert no_foreground(labels, 3).tolist() == [False, True]  # the one-hot reading
     assert MultiLabelScorer.no_foreground(labels, 3).tolist() == [False, False]
     assert [row["n_empty_cases"] for row in evaluator.results["metrics"]] == [0, 0]
+
+
+def test_a_built_multi_label_component_with_its_own_loss_keeps_the_per_channel_targets():
+    """What the any-bundle overlay hands the evaluator for ``--attack_loss bundle`` on a multi-label bundle."""
+    from monai.losses import DiceLoss
+
+    from monai_advseg.attacks import build_attack_spec, per_sample_loss
+
+    network, images, labels = _multi_label_case()
+    loss = per_sample_loss(DiceLoss(sigmoid=True))
+    spec = build_attack_spec("ifgsm_targeted", loss_fn=loss, multi_label=True)
+    evaluator = RobustnessEvaluator("cpu", [], network, epsilons=[2], attack=spec, multi_label=True, progress=False)
+    assert evaluator.attack_spec is spec and spec.loss_fn is loss
+    swept = evaluator.attack_sweep(images, labels, num_classes=3)
+    single = iterative_fgsm(
+        network, images, 1 - labels, 2 / 255, alpha=1 / 255, steps=3, targeted=True, loss_fn=loss, clip_range=(0, 1)
+    )
+    assert torch.equal(swept[0], single)

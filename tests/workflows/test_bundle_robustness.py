@@ -318,6 +318,7 @@ def test_certify_mode_in_hu_on_the_zoo_bundle(spleen, tmp_path, capsys):
         (["--certify", "--sigma", "0.1", "--attack_radii", "[0]"], "error: --attack_radii: [0.0]: expected radii > 0"),
         (["--certify", "--sigma", "0.1", "--epsilons", "[2]"], "error: --epsilons: not used with --certify"),
         (["--sigma", "0.1", "--radii", "[0.1]"], "error: --sigma, --radii: only with --certify"),
+        (["--certify", "--sigma", "0.1", "--attack_loss", "bundle"], "error: --attack_loss: only for the sweep"),
     ],
 )
 def test_bad_certify_arguments(spleen, tmp_path, capsys, extra, expected):
