@@ -3,8 +3,9 @@
 Usage::
 
     python -m monai_advseg robustness --bundle_root BUNDLE --dataset_dir DATA --output_dir OUT \\
-        [--epsilons "[...]"] [--epsilon_unit levels|hu|input] [--attack NAME] [--config_file ...] [--ckpt PATH] \\
-        [--device ...] [--max_cases N] [--progress true|false] [--overwrite true|false] [--id#path value ...]
+        [--epsilons "[...]"] [--epsilon_unit levels|hu|input] [--attack NAME] [--attack_loss default|bundle] \\
+        [--config_file ...] [--ckpt PATH] [--device ...] [--max_cases N] [--progress true|false] \\
+        [--overwrite true|false] [--id#path value ...]
     python -m monai_advseg robustness --certify --sigma S [--n0 N0] [--n N] [--certify_alpha A] [--radii "[...]"] \
         [--attack_radii "[...]"] --bundle_root BUNDLE --dataset_dir DATA --output_dir OUT [...]
 
@@ -149,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--attack", default="ifgsm_targeted", help="an attack name (default ifgsm_targeted)")
     parser.add_argument("--steps", type=int, help="fixed iterations (default: the Kurakin schedule)")
+    parser.add_argument(
+        "--attack_loss",
+        default="default",
+        help="default (cross-entropy, or per-channel BCE for sigmoid bundles) | bundle (the bundle's `loss`)",
+    )
     parser.add_argument("--config_file", help="the bundle's config file(s), e.g. \"['configs/train.yaml']\"")
     parser.add_argument("--ckpt", help="weights (default <ckpt_dir>/model.pt)")
     parser.add_argument("--device", help="overrides the bundle's device, e.g. cpu or cuda:0")
@@ -198,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_batch=args.max_batch,
         seed=args.seed,
         overrides=_overrides(extra),
+        attack_loss=args.attack_loss,
         certify=args.certify,
         sigma=args.sigma,
         n0=args.n0,

@@ -20,7 +20,9 @@ from monai_advseg.attacks.losses import (
     jensen_shannon_loss,
     masked_cross_entropy,
     masked_spherical_loss,
+    per_channel_binary_cross_entropy,
     per_sample_cross_entropy,
+    per_sample_loss,
     summed_cross_entropy,
 )
 from monai_advseg.attacks.queries import random_search, true_class_probability, uniform_noise
@@ -61,7 +63,9 @@ __all__ = [
     "jensen_shannon_loss",
     "masked_cross_entropy",
     "masked_spherical_loss",
+    "per_channel_binary_cross_entropy",
     "per_sample_cross_entropy",
+    "per_sample_loss",
     "AttackSpec",
     "FGSMSpec",
     "IterativeFGSMSpec",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -12,7 +14,9 @@ __all__ = [
     "jensen_shannon_loss",
     "masked_cross_entropy",
     "masked_spherical_loss",
+    "per_channel_binary_cross_entropy",
     "per_sample_cross_entropy",
+    "per_sample_loss",
     "summed_cross_entropy",
     "upcast_half",
 ]
@@ -83,6 +87,52 @@ def per_sample_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch
     """Cross-entropy summed over each sample's voxels, ``(B,)`` (a 1-channel output is read as a sigmoid)."""
     logits = _two_class(logits)
     return _per_sample(F.cross_entropy(logits, _indices(label, logits.shape[1]), reduction="none"))
+
+
+def per_channel_binary_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of every channel on its own (multi-label sigmoid outputs), summed per sample, ``(B,)``.
+
+    ``sum_c sum_v BCE(sigmoid(z_cv), y_cv)``: each channel is an independent label (BraTS-style overlapping regions),
+    so a channel's gradient does not depend on the others, unlike a softmax over the channels.
+
+    Args:
+        logits: ``(B, C, *spatial)``, one sigmoid label per channel.
+        label: binary (or soft) targets ``(B, C, *spatial)`` in [0, 1], one channel per label.
+
+    Returns:
+        ``(B,)``.
+
+    Raises:
+        ValueError: when the label's shape differs from the logits'.
+    """
+    if label.shape != logits.shape:
+        raise ValueError(
+            f"a multi-label (per-channel sigmoid) loss needs one label channel per output channel: label shape "
+            f"{tuple(label.shape)}, logits shape {tuple(logits.shape)}"
+        )
+    logits = upcast_half(logits)
+    return _per_sample(F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype), reduction="none"))
+
+
+def per_sample_loss(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """Any ``loss(logits, label)`` (e.g. a bundle's MONAI ``DiceCELoss``) applied to each sample on its own, ``(B,)``.
+
+    A loss that reduces over the batch (``DiceCELoss(batch=True)``, any mean) would make one sample's input gradient
+    depend on its batch-mates, and the sweep stacks every strength of an image into one batch; one call per sample
+    keeps them apart.
+
+    Args:
+        loss: a loss returning a scalar (or anything whose sum is the sample's loss) for one sample.
+
+    Returns:
+        ``fn(logits, label) -> (B,)``.
+    """
+
+    def each_sample(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return torch.stack([loss(logits[i : i + 1], label[i : i + 1]).sum() for i in range(logits.shape[0])])
+
+    each_sample.__name__ = f"per_sample({getattr(loss, '__name__', type(loss).__name__)})"
+    return each_sample
 
 
 def masked_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_advseg.attacks.gradient import forward_in_chunks
+from monai_advseg.attacks.gradient import LossFn, forward_in_chunks
 from monai_advseg.attacks.iterative import _iterate, segpgd_step_loss
+from monai_advseg.attacks.losses import per_channel_binary_cross_entropy
 from monai_advseg.attacks.queries import random_search, uniform_noise
 from monai_advseg.attacks.schedule import kurakin_steps_for, levels_to_epsilon
 from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
@@ -58,6 +59,12 @@ class AttackSpec:
         shares_trajectories: the strengths of an image share their work (a report note, not a switch).
         diagnostics: the evaluator runs the gradient-masking diagnostics with this attack unless told otherwise
             (the worst case does: a claim of robustness needs them).
+        accepts_loss: the attack follows the gradient of one loss that :func:`build_attack_spec` may replace.
+        loss_fn: that loss, ``loss_fn(logits, target)`` (None: the attack core's summed cross-entropy).
+        uses_loss: the attack follows a loss of the network's output at all (uniform noise does not).
+        multi_label: the network's channels are independent sigmoid labels (set by :func:`build_attack_spec`): the
+            target is one binary channel per output channel, and :meth:`check_network` refuses several channels
+            unless :attr:`loss_fn` is set (the built-in losses are softmax ones over the channels).
     """
 
     name: str = "custom"
@@ -65,6 +72,10 @@ class AttackSpec:
     random: bool = False
     shares_trajectories: bool = False
     diagnostics: bool = False
+    accepts_loss: bool = False
+    loss_fn: LossFn | None = None
+    uses_loss: bool = True
+    multi_label: bool = False
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The label the attack loss compares with (default: the ground truth itself)."""
@@ -76,6 +87,12 @@ class AttackSpec:
 
     def check_network(self, channels: int) -> None:
         """Raise ``ValueError`` when the attack cannot run on a network returning ``channels`` channels."""
+        if self.multi_label and channels > 1 and self.uses_loss and self.loss_fn is None:
+            raise ValueError(
+                f"multi_label: attack {self.name!r} follows a softmax loss over the {channels} channels; use one of "
+                "ifgsm_targeted, fgsm, pgd (per-channel binary cross-entropy), uniform_noise, or a component with its "
+                "own loss_fn"
+            )
 
     def describe(self, intensity_range: Sequence[float], seed: int | None) -> dict[str, Any]:
         """The report's ``attack`` block."""
@@ -148,6 +165,7 @@ class IterativeFGSMSpec(_SteppedSpec):
     """
 
     shares_trajectories = True
+    accepts_loss = True
 
     def __init__(self, targeted: bool = True, alpha_levels: float = 1.0, steps: int | None = None) -> None:
         super().__init__(alpha_levels, steps)
@@ -155,7 +173,11 @@ class IterativeFGSMSpec(_SteppedSpec):
         self.name = "ifgsm_targeted" if self.targeted else "ifgsm"
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-        return inverse_mask(label, num_classes) if self.targeted else label
+        if not self.targeted:
+            return label
+        if self.multi_label:  # every channel a binary label: each aims at its own inverse
+            return torch.cat([inverse_mask(label[:, c : c + 1], 2) for c in range(label.shape[1])], dim=1)
+        return inverse_mask(label, num_classes)
 
     def sweep(self, network, image, target, levels, *, intensity_range, max_batch=None, generator=None):
         lo_hi = (float(intensity_range[0]), float(intensity_range[1]))
@@ -167,6 +189,7 @@ class IterativeFGSMSpec(_SteppedSpec):
             alpha=levels_to_epsilon(self.alpha_levels, lo_hi),
             steps=self.step_counts(levels),
             targeted=self.targeted,
+            loss_fn=self.loss_fn,
             clip_range=lo_hi,
             max_batch=max_batch,
         )
@@ -177,6 +200,7 @@ class FGSMSpec(AttackSpec):
 
     name = "fgsm"
     shares_trajectories = True
+    accepts_loss = True
 
     def step_counts(self, levels: Sequence[float]) -> list[int]:
         return [1 if e > 0 else 0 for e in levels]
@@ -195,7 +219,7 @@ class FGSMSpec(AttackSpec):
     def sweep(self, network, image, target, levels, *, intensity_range, max_batch=None, generator=None):
         lo_hi = (float(intensity_range[0]), float(intensity_range[1]))
         eps = levels_to_epsilon(list(levels), lo_hi)
-        return fgsm_sweep(network, image, target, eps, clip_range=lo_hi, max_batch=max_batch)
+        return fgsm_sweep(network, image, target, eps, loss_fn=self.loss_fn, clip_range=lo_hi, max_batch=max_batch)
 
 
 class PGDSpec(_SteppedSpec):
@@ -209,6 +233,7 @@ class PGDSpec(_SteppedSpec):
     name = "pgd"
     random = True
     norm = "linf"
+    accepts_loss = True
 
     def _step_loss(self):
         return None
@@ -225,7 +250,7 @@ class PGDSpec(_SteppedSpec):
             alpha=levels_to_epsilon(self.alpha_levels, lo_hi),
             steps=counts,
             targeted=False,
-            loss_fn=None,
+            loss_fn=self.loss_fn,
             clip_range=lo_hi,
             random_start=True,
             generator=generator,
@@ -240,11 +265,13 @@ class SegPGDSpec(PGDSpec):
     """PGD with SegPGD's per-voxel loss weights (``"segpgd"``; multi-channel networks, class-index targets)."""
 
     name = "segpgd"
+    accepts_loss = False  # its per-voxel weighted cross-entropy is the attack
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
         return label.argmax(dim=1, keepdim=True) if label.shape[1] != 1 else label
 
     def check_network(self, channels: int) -> None:
+        super().check_network(channels)
         if channels < 2:
             raise ValueError(f"attack='segpgd' needs a multi-channel network (C > 1); this one returns {channels}")
 
@@ -287,6 +314,7 @@ class NoiseSpec(AttackSpec):
 
     name = "uniform_noise"
     random = True
+    uses_loss = False
 
     def __init__(self, alpha_levels: float = 1.0, steps: int | None = None) -> None:
         if float(alpha_levels) != 1.0 or steps is not None:
@@ -360,20 +388,53 @@ ATTACK_SPECS: dict[str, type[AttackSpec]] = {
 }
 
 
-def build_attack_spec(attack: str | AttackSpec, alpha_levels: float = 1.0, steps: int | None = None) -> AttackSpec:
+def build_attack_spec(
+    attack: str | AttackSpec,
+    alpha_levels: float = 1.0,
+    steps: int | None = None,
+    loss_fn: LossFn | None = None,
+    multi_label: bool = False,
+) -> AttackSpec:
     """The attack component for a name of :data:`ATTACK_SPECS`, or ``attack`` itself when it is a component.
 
     Args:
         attack: a registered name (near misses get a suggestion) or an object with the :class:`AttackSpec` interface.
         alpha_levels: step size in levels for the iterative attacks (FGSM has none: it must stay 1.0).
         steps: fixed iterations of the iterative attacks, None for the Kurakin schedule (FGSM: must be None).
+        loss_fn: the loss a named single-loss attack (:attr:`~AttackSpec.accepts_loss`: ``ifgsm_targeted``,
+            ``fgsm``, ``pgd``) follows instead of the summed cross-entropy, ``loss_fn(logits, target)``
+            (a per-sample ``(B,)`` or scalar result); None keeps the attack's own.
+        multi_label: the network's channels are independent sigmoid labels (:attr:`~AttackSpec.multi_label`): a
+            named single-loss attack then follows ``loss_fn`` or, without one,
+            :func:`~monai_advseg.attacks.per_channel_binary_cross_entropy`, and a targeted one aims at every
+            channel's own inverse mask; the other named attacks refuse several channels at
+            :meth:`~AttackSpec.check_network` (uniform noise excepted). A component is returned as it is.
 
     Returns:
         The component.
 
     Raises:
-        ValueError: on an unknown name, or ``alpha_levels`` / ``steps`` the attack's schedule cannot use.
+        ValueError: on an unknown name, ``alpha_levels`` / ``steps`` the attack's schedule cannot use, or a
+            ``loss_fn`` for a component or for an attack with losses of its own.
     """
+    spec = _build_attack_spec(attack, alpha_levels, steps)
+    if loss_fn is not None:
+        if not isinstance(attack, str):
+            raise ValueError(f"loss_fn is for a named attack; give the loss to the component {attack!r} itself")
+        if not spec.accepts_loss:
+            takers = sorted(name for name, kind in ATTACK_SPECS.items() if getattr(kind, "accepts_loss", False))
+            raise ValueError(
+                f"attack {spec.name!r} has its own loss(es) and takes no loss_fn; the attacks that do: {takers}"
+            )
+        spec.loss_fn = loss_fn
+    if multi_label and isinstance(attack, str):
+        spec.multi_label = True
+        if spec.accepts_loss and spec.loss_fn is None:
+            spec.loss_fn = per_channel_binary_cross_entropy
+    return spec
+
+
+def _build_attack_spec(attack: str | AttackSpec, alpha_levels: float, steps: int | None) -> AttackSpec:
     if not isinstance(attack, str):
         missing = [m for m in ("sweep", "step_counts", "target", "describe") if not callable(getattr(attack, m, None))]
         if missing:
@@ -497,6 +558,7 @@ class WorstCaseSpec(AttackSpec):
 
     def check_network(self, channels: int) -> None:
         # SegPGD's weighting needs class logits; a 1-channel (sigmoid) network skips those members (recorded).
+        super().check_network(channels)
         self._channels = channels
 
     def member_steps(self, member: str, levels: Sequence[float]) -> list[int]:

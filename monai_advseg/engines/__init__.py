@@ -16,7 +16,7 @@ from monai_advseg.engines.distributed import end_process_group
 from monai_advseg.engines.flags import as_flag
 from monai_advseg.engines.one_pass import OnePassEvaluator
 from monai_advseg.engines.robustness import ATTACKS, RobustnessEvaluator, load_network_weights
-from monai_advseg.engines.scoring import SegmentationScorer
+from monai_advseg.engines.scoring import MultiLabelScorer, SegmentationScorer
 
 __all__ = [
     "ATTACKS",
@@ -27,6 +27,7 @@ __all__ = [
     "GradientMaskingDiagnostics",
     "OnePassEvaluator",
     "RobustnessEvaluator",
+    "MultiLabelScorer",
     "SegmentationScorer",
     "adversarial_augmentations",
     "as_flag",

@@ -25,9 +25,10 @@ from monai_advseg.attacks import PAPER_EPSILON_LEVELS, levels_to_epsilon
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy
 from monai_advseg.attacks.specs import ATTACK_SPECS, AttackSpec, build_attack_spec
 from monai_advseg.attacks.validation import check_max_batch
+from monai_advseg.data import InputError
 from monai_advseg.engines.diagnostics import FULL_RANGE_LEVELS, GradientMaskingDiagnostics
 from monai_advseg.engines.one_pass import OnePassEvaluator
-from monai_advseg.engines.scoring import SegmentationScorer
+from monai_advseg.engines.scoring import MultiLabelScorer, SegmentationScorer
 from monai_advseg.engines.sweep_records import SweepRecords, case_ids, no_foreground
 from monai_advseg.handlers.robustness_gallery import GALLERY_CASES, RobustnessGalleryCollector, gallery_levels
 from monai_advseg.handlers.robustness_report import (
@@ -110,9 +111,16 @@ class RobustnessEvaluator(OnePassEvaluator):
         prepare_batch: as in MONAI's ``SupervisedEvaluator``.
         include_background: score the background class too (False suits binary tasks).
         ignore_empty: passed to ``DiceMetric`` / ``MeanIoU`` (see :class:`~monai_advseg.engines.SegmentationScorer`).
+        multi_label: the network's channels are independent sigmoid labels (BraTS-style) and the label is one binary
+            channel per output channel: the default scorer is :class:`~monai_advseg.engines.MultiLabelScorer` (each
+            channel ``sigmoid >= 0.5``, scored on its own, averaged per case) and a named attack is built with
+            ``build_attack_spec(..., multi_label=True)`` (the per-channel binary cross-entropy, each channel's own
+            inverse mask; attacks with softmax losses refuse several channels at the first batch). With one channel
+            this is the binary sigmoid case (the same scores).
         scorer: ``scorer(logits, label, num_classes) -> {"dice", "jaccard", "foreground"}`` per case ``(B,)``, instead
-            of the default :class:`~monai_advseg.engines.SegmentationScorer` (then the two options above are unused).
-            Ensembles pick their worst case by its ``dice``.
+            of the default scorer (then ``include_background`` / ``ignore_empty`` are unused); a ``no_foreground(label,
+            num_classes)`` method, if it has one, says which cases have an empty truth. Ensembles pick their worst case
+            by its ``dice``.
         seed: seed of the random attacks' generator, drawn afresh at every run.
         diagnostics: the gradient-masking diagnostics (:class:`~monai_advseg.engines.GradientMaskingDiagnostics`):
             None = when the attack asks for them (the worst case does), True / False = always / never, or a
@@ -129,7 +137,8 @@ class RobustnessEvaluator(OnePassEvaluator):
     Raises:
         ValueError: on bad epsilons (incl. above 255 levels), an unknown attack or arguments it cannot use, a bad
             ``max_batch`` / ``intensity_range``, a checkpoint that does not fit, or a surrogate whose output shape
-            differs from the model's (at the first batch, before any attack).
+            differs from the model's (at the first batch, before any attack); an attack that cannot run on the
+            network's channels raises :class:`~monai_advseg.data.InputError` at the first batch.
         FileExistsError: when ``output_dir`` already holds a report and ``overwrite`` is False.
     """
 
@@ -149,6 +158,7 @@ class RobustnessEvaluator(OnePassEvaluator):
         prepare_batch: Callable = default_prepare_batch,
         include_background: bool = False,
         ignore_empty: bool = True,
+        multi_label: bool = False,
         scorer: Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]] | None = None,
         seed: int = 0,
         diagnostics: bool | GradientMaskingDiagnostics | None = None,
@@ -166,7 +176,8 @@ class RobustnessEvaluator(OnePassEvaluator):
         self.epsilon_levels = _check_epsilons(epsilons)
         self.intensity_range = _check_intensity_range(intensity_range)
         self.epsilons = levels_to_epsilon(self.epsilon_levels, self.intensity_range)
-        self.attack_spec = build_attack_spec(attack, alpha_levels=alpha_levels, steps=steps)
+        self.multi_label = bool(multi_label)
+        self.attack_spec = build_attack_spec(attack, alpha_levels=alpha_levels, steps=steps, multi_label=multi_label)
         self.attack = self.attack_spec.name
         self.max_batch = check_max_batch(max_batch)
         self.include_background = include_background
@@ -181,7 +192,13 @@ class RobustnessEvaluator(OnePassEvaluator):
         )
         self.attacked = self.inferred(streamed=streamed_gradient)
         self.streamed_gradient = self.attacked.inferer is not self.inferer
-        self.scorer = SegmentationScorer(include_background, ignore_empty) if scorer is None else scorer
+        if scorer is None:
+            scorer = (
+                MultiLabelScorer(ignore_empty)
+                if self.multi_label
+                else SegmentationScorer(include_background, ignore_empty)
+            )
+        self.scorer = scorer
         # Our bookkeeping and collectors run before any user handler, so that theirs see the results.
         self.add_event_handler(Events.EPOCH_STARTED, self._start_sweep)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._finish_sweep)
@@ -265,7 +282,10 @@ class RobustnessEvaluator(OnePassEvaluator):
         records = self._records
         began = time.perf_counter()
         clean_logits = self.predict_logits(inputs)
-        self.attack_spec.check_network(clean_logits.shape[1])
+        try:
+            self.attack_spec.check_network(clean_logits.shape[1])
+        except ValueError as error:  # the attack does not fit the network: bad input, on one line, before attacking
+            raise InputError(str(error)) from None
         num_classes = max(2, clean_logits.shape[1])
         columns = [self.scores(clean_logits, targets, num_classes)]
         records.seconds[0] += time.perf_counter() - began
@@ -282,7 +302,7 @@ class RobustnessEvaluator(OnePassEvaluator):
         records.add(
             case_ids(inputs, len(records.cases), self.state.rank),
             output,
-            no_foreground(targets, num_classes),
+            getattr(self.scorer, "no_foreground", no_foreground)(targets, num_classes),
             details,
         )
         engine.state.output = {"image": inputs, "label": targets, "pred": clean_logits, "adversarial": adversarial}
@@ -317,6 +337,7 @@ class RobustnessEvaluator(OnePassEvaluator):
                 "intensity_range": list(self.intensity_range),
                 "scorer": type(self.scorer).__name__,
                 "include_background": self.include_background,
+                "multi_label": self.multi_label,
                 "ignore_empty": self.ignore_empty,
                 "max_batch": self.max_batch,
                 **self.extra_config,

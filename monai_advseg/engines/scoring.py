@@ -10,8 +10,9 @@ from monai.metrics import DiceMetric, MeanIoU
 from monai.transforms import AsDiscrete
 
 from monai_advseg.attacks.scoring import case_scores
+from monai_advseg.engines.sweep_records import no_foreground
 
-__all__ = ["SegmentationScorer"]
+__all__ = ["MultiLabelScorer", "SegmentationScorer"]
 
 
 class SegmentationScorer:
@@ -72,6 +73,11 @@ class SegmentationScorer:
         result["foreground"] = (1 - prediction[:, 0].flatten(1).float().mean(dim=1)).cpu()
         return result
 
+    @staticmethod
+    def no_foreground(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``(B,)`` booleans (CPU): the case's truth has no voxel of a class other than 0."""
+        return no_foreground(label, num_classes)
+
     def per_step(self, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
         """The same per-case Dice for the attacks' per-step picks, from one ``bincount``
         (:func:`~monai_advseg.attacks.scoring.case_scores`, equal to ``DiceMetric``; tests pin it): the worst case
@@ -89,3 +95,59 @@ class SegmentationScorer:
             include_background=self.include_background,
             ignore_empty=self.ignore_empty,
         )
+
+
+class MultiLabelScorer:
+    """Per-case Dice, Jaccard and predicted-foreground share of independent sigmoid labels (multi-label, BraTS-style).
+
+    Each channel is its own label, predicted as ``sigmoid >= 0.5`` and scored with MONAI ``DiceMetric`` and
+    ``MeanIoU`` (every channel, there is no background channel); a case's value is the mean over its scored channels.
+    With one channel this is :class:`SegmentationScorer`'s binary sigmoid case (the same scores).
+
+    Args:
+        ignore_empty: MONAI's ``ignore_empty`` of both metrics (a channel absent from a case's truth is NaN, left out).
+    """
+
+    def __init__(self, ignore_empty: bool = True) -> None:
+        self.ignore_empty = ignore_empty
+        self._dice = DiceMetric(include_background=True, reduction="none", ignore_empty=ignore_empty)
+        self._jaccard = MeanIoU(include_background=True, reduction="none", ignore_empty=ignore_empty)
+
+    def __call__(self, logits: torch.Tensor, label: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+        """Score a batch.
+
+        Args:
+            logits: ``(B, C, *spatial)``, one sigmoid label per channel.
+            label: one binary channel per output channel, ``(B, C, *spatial)``.
+            num_classes: unused (the channels are the labels); the scorer interface's argument.
+
+        Returns:
+            ``{"dice", "jaccard", "foreground"}``, each ``(B,)`` on the CPU; ``foreground`` is the share of voxels
+            predicted as any label.
+
+        Raises:
+            ValueError: when the label has another channel count than the logits.
+        """
+        if label.shape[1] != logits.shape[1]:
+            raise ValueError(
+                f"multi_label: label has {label.shape[1]} channels; expected one binary channel per output channel "
+                f"({logits.shape[1]})"
+            )
+        prediction = AsDiscrete(threshold=0.5)(torch.sigmoid(logits.float())).as_subclass(torch.Tensor)
+        truth = label.float().as_subclass(torch.Tensor).to(prediction.device)
+        result = {}
+        for name, metric in (("dice", self._dice), ("jaccard", self._jaccard)):
+            values = metric(y_pred=prediction, y=truth)
+            metric.reset()
+            result[name] = torch.nanmean(values.float(), dim=1).as_subclass(torch.Tensor).cpu()
+        result["foreground"] = prediction.amax(dim=1).flatten(1).mean(dim=1).cpu()
+        return result
+
+    def per_step(self, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]:
+        """The attacks' per-step picks: this scorer itself (``scorer(logits, label)``)."""
+        return partial(self, num_classes=num_classes)
+
+    @staticmethod
+    def no_foreground(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``(B,)`` booleans (CPU): the case's truth has no voxel of any label (every channel counts)."""
+        return no_foreground(label, num_classes, multi_label=True)

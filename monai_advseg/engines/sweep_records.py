@@ -27,9 +27,15 @@ def case_ids(inputs: torch.Tensor, start: int, rank: int) -> list[str]:
     return [f"{prefix}case_{start + i:05d}" for i in range(inputs.shape[0])]
 
 
-def no_foreground(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``(B,)`` booleans (CPU): the case's truth (class indices or one-hot) has no voxel of a class other than 0."""
-    foreground = label[:, 1:].sum(dim=1) if label.shape[1] == num_classes else label[:, 0]
+def no_foreground(label: torch.Tensor, num_classes: int, multi_label: bool = False) -> torch.Tensor:
+    """``(B,)`` booleans (CPU): the case's truth (class indices or one-hot) has no voxel of a class other than 0;
+    with ``multi_label`` (one binary channel per label), no voxel of any channel."""
+    if multi_label:
+        foreground = label.sum(dim=1)
+    elif label.shape[1] == num_classes:
+        foreground = label[:, 1:].sum(dim=1)
+    else:
+        foreground = label[:, 0]
     return ~(foreground.flatten(1) > 0).any(dim=1).cpu()
 
 

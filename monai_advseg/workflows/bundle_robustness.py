@@ -79,8 +79,9 @@ class PredictionRule:
     """What counts as a prediction, read from the bundle's own postprocessing.
 
     Attributes:
-        activation: ``"softmax"`` (argmax over channels), ``"sigmoid"`` (each channel thresholded) or ``"auto"``
-            (no activation found: argmax for several channels, ``sigmoid >= 0.5`` for one).
+        activation: ``"softmax"`` (argmax over channels), ``"sigmoid"`` (each channel thresholded on its own: one
+            binary label, or several independent ones, multi-label) or ``"auto"`` (no activation found: argmax for
+            several channels, ``sigmoid >= 0.5`` for one).
         threshold: the sigmoid threshold (``AsDiscreted(threshold=...)``, default 0.5).
         source: where the rule was read.
     """
@@ -129,12 +130,27 @@ class PredictionRule:
 
     @property
     def needs_wrapper(self) -> bool:
-        """Sigmoid bundles go through :class:`SigmoidPrediction` (their threshold; one channel only)."""
+        """Sigmoid bundles go through :class:`SigmoidPrediction` (their threshold)."""
         return self.activation == "sigmoid"
 
-    def network(self, network: nn.Module, inferer: Inferer) -> nn.Module:
-        """The module the evaluator attacks: the network, or (sigmoid) the network through the inferer, adapted."""
-        return SigmoidPrediction(network, inferer, self.threshold) if self.needs_wrapper else network
+    @property
+    def multi_label(self) -> bool:
+        """The evaluator's ``multi_label``: a sigmoid bundle's channels are scored and attacked one by one (with one
+        channel, the binary case)."""
+        return self.activation == "sigmoid"
+
+    def network(self, network: nn.Module, inferer: Inferer, multi_label: bool = False) -> nn.Module:
+        """The module the evaluator attacks: the network, or (sigmoid) the network through the inferer, adapted.
+
+        Args:
+            network: the bundle's network.
+            inferer: the bundle's inferer.
+            multi_label: the evaluator scores several sigmoid channels one by one (else :class:`SigmoidPrediction`
+                refuses them).
+        """
+        if not self.needs_wrapper:
+            return network
+        return SigmoidPrediction(network, inferer, self.threshold, multi_label=multi_label)
 
     def inferer(self, inferer: Inferer) -> Inferer:
         """The inferer the evaluator wraps around :meth:`network` (already inside it for sigmoid bundles)."""
@@ -149,31 +165,36 @@ class PredictionRule:
         """The rule and the attack loss that follows from it, for the report."""
         loss = {
             "softmax": "cross-entropy over the channels (softmax), summed over voxels",
-            "sigmoid": "binary cross-entropy of the one channel, logits shifted to the threshold, summed over voxels",
+            "sigmoid": "binary cross-entropy of each channel (one label per channel), logits shifted to the threshold, "
+            "summed over channels and voxels",
             "auto": "cross-entropy for several channels, binary cross-entropy for one, summed over voxels",
         }[self.activation]
         return {"activation": self.activation, "threshold": self.threshold, "source": self.source, "attack_loss": loss}
 
 
 class SigmoidPrediction(nn.Module):
-    """A one-channel sigmoid network's logits shifted by the bundle's threshold: ``z - logit(threshold)``.
+    """A sigmoid network's logits shifted by the bundle's threshold: ``z - logit(threshold)``, every channel.
 
-    The evaluator scores one channel as ``sigmoid >= 0.5`` and the attack core's loss for one channel is the binary
-    cross-entropy, so after the shift both follow the bundle's decision ``sigmoid(z) >= threshold``. The inferer is
-    applied inside (a sliding window averages logits, so the shift commutes with it).
+    The evaluator scores each channel as ``sigmoid >= 0.5`` (one channel, or several with ``multi_label``) and the
+    attack loss is each channel's binary cross-entropy, so after the shift both follow the bundle's decision
+    ``sigmoid(z) >= threshold``. The inferer is applied inside (a sliding window averages logits, so the shift
+    commutes with it).
 
     Args:
         network: the bundle's network.
         inferer: the bundle's inferer.
         threshold: the sigmoid threshold of the bundle's postprocessing.
+        multi_label: several channels are independent labels that the evaluator scores one by one
+            (``RobustnessEvaluator(multi_label=True)``); False refuses them.
 
     Raises:
-        InputError: (in ``forward``) for a multi-channel sigmoid (multi-label) network: the attack core's loss is a
-            softmax cross-entropy for several channels, so such bundles are not supported yet.
+        InputError: (in ``forward``) for a multi-channel output without ``multi_label``: a softmax reading of the
+            labels (argmax, cross-entropy over the channels) would score and attack something else.
     """
 
-    def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5) -> None:
+    def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5, multi_label: bool = False) -> None:
         super().__init__()
+        self.multi_label = bool(multi_label)
         self.network = network
         self.inferer = inferer
         self.threshold = float(threshold)
@@ -183,11 +204,11 @@ class SigmoidPrediction(nn.Module):
         from monai_advseg.attacks.gradient import network_logits
 
         logits = network_logits(self.inferer(image, self.network))
-        if logits.shape[1] != 1:
+        if logits.shape[1] != 1 and not self.multi_label:
             raise InputError(
                 f"validate#postprocessing: sigmoid activation on a {logits.shape[1]}-channel output (multi-label): "
-                "not supported yet (the attack loss would be a softmax cross-entropy over the labels); "
-                "one-channel sigmoid and softmax bundles are"
+                "not supported here (argmax and a softmax cross-entropy would read the labels as classes); "
+                "the robustness sweep supports it, one-channel sigmoid and softmax bundles run everywhere"
             )
         return logits - self.shift if self.shift else logits
 
@@ -247,6 +268,9 @@ def report_config(
     """
     ordered = sorted(float(v) for v in levels)
     alpha = units.all_units([alpha_levels])
+    prediction_block = prediction.describe()
+    if "attack_loss" in info:  # --attack_loss bundle replaces the rule's loss
+        prediction_block["attack_loss"] = info["attack_loss"]
     return {
         **info,
         "epsilon_units": {
@@ -254,7 +278,7 @@ def report_config(
             **units.all_units(ordered),
             "alpha": {name: None if values is None else values[0] for name, values in alpha.items()},
         },
-        "prediction": prediction.describe(),
+        "prediction": prediction_block,
     }
 
 
@@ -454,6 +478,26 @@ def _network_error(parser: Any, config_id: str, error: BaseException) -> InputEr
     return InputError(f"{config_id}: cannot build {target}: {_root_message(error)}{hint}")
 
 
+#: ``--attack_loss`` values: the prediction rule's loss, or the bundle's own ``loss``.
+ATTACK_LOSSES = ("default", "bundle")
+
+
+def _bundle_loss(parser: Any) -> str:
+    """Check the bundle's ``loss`` for ``--attack_loss bundle``; return its description for the report."""
+    if "loss" not in parser:
+        raise InputError("--attack_loss bundle: the bundle's configs define no `loss` id")
+    loss = _resolve(parser, "loss", "loss")
+    kind = type(loss)
+    if not (isinstance(loss, nn.Module) and kind.__module__.startswith("monai.losses")):
+        raise InputError(
+            f"loss: {kind.__module__}.{kind.__qualname__} is not a MONAI loss (monai.losses); "
+            "--attack_loss bundle takes a MONAI loss of (logits, label), e.g. DiceCELoss"
+        )
+    return (
+        f"the bundle's loss: {kind.__module__}.{kind.__qualname__}, per sample (monai_advseg.attacks.per_sample_loss)"
+    )
+
+
 def _check_items(parser: Any, dataset_dir: Path, image_key: str, label_key: str = "label") -> int:
     """Check ``validate#dataset#data``: a non-empty list of items with an image and a label that exist."""
     items = _resolve(parser, "validate#dataset#data", "validate#dataset#data")
@@ -502,6 +546,7 @@ def bundle_robustness(
     certify_alpha: float = 0.001,
     radii: Sequence[float] | None = None,
     attack_radii: Sequence[float] | None = None,
+    attack_loss: str = "default",
 ) -> dict[str, Any]:
     """Evaluate an unmodified MONAI bundle under an epsilon sweep and write the robustness reports.
 
@@ -538,6 +583,11 @@ def bundle_robustness(
         radii: the certificate's L2 radii in ``epsilon_unit``; None: 0 .. 2 sigma.
         attack_radii: L2 radii (``epsilon_unit``) at which the base model is attacked with L2 PGD (``steps``
             iterations, default 20) for the report's check; None: no attack.
+        attack_loss: ``default`` (the loss that follows from the prediction rule: cross-entropy, or binary
+            cross-entropy per channel) or ``bundle``: the bundle's own ``loss`` (a MONAI loss taking
+            ``(logits, label)``, e.g. ``DiceCELoss``), applied to each sample on its own
+            (:func:`~monai_advseg.attacks.per_sample_loss`); for the single-loss attacks (``ifgsm_targeted``,
+            ``fgsm``, ``pgd``, ``pgd_l2``). Recorded in the report's ``config.attack_loss``. Sweep only.
 
     Returns:
         the report (``RobustnessEvaluator.results``, or ``CertificationEvaluator.results`` with ``certify``).
@@ -572,9 +622,18 @@ def bundle_robustness(
         if stray:
             raise InputError(f"{', '.join(stray)}: only with --certify")
     try:
-        build_attack_spec(attack)
+        spec = build_attack_spec(attack)
     except ValueError as error:
         raise InputError(f"--attack: {error}") from None
+    if attack_loss not in ATTACK_LOSSES:
+        raise InputError(f"--attack_loss: {attack_loss!r}: unknown; choose one of {', '.join(ATTACK_LOSSES)}")
+    if certify and attack_loss != "default":
+        raise InputError("--attack_loss: only for the sweep, not with --certify")
+    if attack_loss == "bundle" and not spec.accepts_loss:
+        raise InputError(
+            f"--attack_loss bundle: attack {attack!r} has its own loss(es); the bundle's loss drives "
+            "ifgsm_targeted, fgsm, pgd or pgd_l2"
+        )
     if epsilons is None:
         if epsilon_unit != "levels":
             raise InputError(
@@ -611,6 +670,10 @@ def bundle_robustness(
     if ckpt is None:
         folder = _resolve(parser, "ckpt_dir", "ckpt_dir") if "ckpt_dir" in parser else root / "models"
         ckpt = Path(str(folder)) / "model.pt"
+    loss_description = None
+    if attack_loss == "bundle":
+        loss_description = _bundle_loss(parser)
+        parser["robustness#attack_loss_fn"] = "$monai_advseg.attacks.per_sample_loss(@loss)"
     metadata = parser.get("_meta_", {}) or {}
     parser.update(
         {
@@ -641,6 +704,7 @@ def bundle_robustness(
                     if certify
                     else {"epsilons_given": sorted(float(e) for e in epsilons), "alpha_given": alpha}
                 ),
+                **({} if loss_description is None else {"attack_loss": loss_description}),
             },
         }
     )

@@ -225,6 +225,11 @@ def test_hu_with_a_per_image_normalisation_suggests_input_units(spleen, tmp_path
         (["--epsilons", "[1, 1]"], "error: --epsilons: [1.0, 1.0]: give at least one strength, none twice"),
         (["--epsilons", "ten"], "error: --epsilons: 'ten': not a Python / JSON literal"),
         (["--bogus"], "error: --bogus: unknown argument"),
+        (["--attack_loss", "dice"], "error: --attack_loss: 'dice': unknown; choose one of default, bundle"),
+        (
+            ["--attack_loss", "bundle", "--attack", "worst_case"],
+            "error: --attack_loss bundle: attack 'worst_case' has its own loss(es)",
+        ),
     ],
 )
 def test_bad_arguments(spleen, tmp_path, capsys, extra, expected):
@@ -313,6 +318,7 @@ def test_certify_mode_in_hu_on_the_zoo_bundle(spleen, tmp_path, capsys):
         (["--certify", "--sigma", "0.1", "--attack_radii", "[0]"], "error: --attack_radii: [0.0]: expected radii > 0"),
         (["--certify", "--sigma", "0.1", "--epsilons", "[2]"], "error: --epsilons: not used with --certify"),
         (["--sigma", "0.1", "--radii", "[0.1]"], "error: --sigma, --radii: only with --certify"),
+        (["--certify", "--sigma", "0.1", "--attack_loss", "bundle"], "error: --attack_loss: only for the sweep"),
     ],
 )
 def test_bad_certify_arguments(spleen, tmp_path, capsys, extra, expected):
@@ -329,3 +335,71 @@ def test_certify_mode_refuses_an_existing_certification_report(spleen, tmp_path,
     assert status == 1 and len(errors) == 1
     assert errors[0].startswith(f"error: {out}: ") and "certify.csv" in errors[0] and "--overwrite true" in errors[0]
     assert (out / "certify.csv").read_text() == "earlier"
+
+
+def test_a_multi_label_sigmoid_bundle_is_scored_channel_by_channel(spleen, tmp_path, capsys):
+    """The zoo bundle turned multi-label: sigmoid + threshold postprocessing, the label as two binary channels."""
+
+    def multi_label(config):
+        config["validate"]["postprocessing"] = {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+            ],
+        }
+        transforms = [
+            *config["train"]["deterministic_transforms"],
+            {"_target_": "AsDiscreted", "keys": "label", "to_onehot": 2},
+        ]
+        config["validate"]["preprocessing"] = {"_target_": "Compose", "transforms": transforms}
+
+    bundle = _edited_bundle(spleen, tmp_path, multi_label)
+    (bundle / "configs" / "evaluate.json").unlink()  # it restates the softmax postprocessing
+    out = tmp_path / "out"
+    status, errors = _run_main(capsys, bundle, spleen[1], out, "--epsilons", "[2]", "--attack", "fgsm")
+    assert status == 0 and errors == []
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["config"]["prediction"]["activation"] == "sigmoid"
+    assert report["config"]["multi_label"] is True and report["config"]["scorer"] == "MultiLabelScorer"
+    assert "binary cross-entropy of each channel" in report["config"]["prediction"]["attack_loss"]
+    for row in report["metrics"]:
+        assert 0 <= row["mean_dice"] <= 1
+    status, errors = _run_main(
+        capsys, bundle, spleen[1], tmp_path / "refused", "--epsilons", "[2]", "--attack", "segpgd"
+    )
+    assert status == 1 and errors[0].startswith("error: multi_label: attack 'segpgd' follows a softmax loss")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_the_bundles_own_loss_as_the_attack_loss(spleen, tmp_path, capsys):
+    """``--attack_loss bundle``: the zoo bundle's DiceCELoss drives the attack, recorded in the report's config."""
+    out = tmp_path / "out"
+    status, errors = _run_main(capsys, *spleen, out, "--epsilons", "[4]", "--attack", "fgsm", "--attack_loss", "bundle")
+    assert status == 0 and errors == []
+    report = json.loads((out / "robustness.json").read_text())
+    config = report["config"]
+    expected = "the bundle's loss: monai.losses.dice.DiceCELoss, per sample (monai_advseg.attacks.per_sample_loss)"
+    assert config["attack_loss"] == expected and config["prediction"]["attack_loss"] == expected
+    # a different loss than the default cross-entropy: a different attack (same bundle, same strength)
+    default_out = tmp_path / "default"
+    status, errors = _run_main(capsys, *spleen, default_out, "--epsilons", "[4]", "--attack", "fgsm")
+    assert status == 0 and "attack_loss" not in json.loads((default_out / "robustness.json").read_text())["config"]
+
+
+def test_a_bundle_loss_that_is_missing_or_not_monais_is_refused(spleen, tmp_path, capsys):
+    def without_loss(config):
+        del config["loss"]
+
+    def torch_loss(config):
+        config["loss"] = {"_target_": "torch.nn.CrossEntropyLoss"}
+
+    for edit, expected in (
+        (without_loss, "error: --attack_loss bundle: the bundle's configs define no `loss` id"),
+        (torch_loss, "error: loss: torch.nn.modules.loss.CrossEntropyLoss is not a MONAI loss (monai.losses)"),
+    ):
+        folder = tmp_path / edit.__name__
+        bundle = _edited_bundle(spleen, folder, edit)
+        status, errors = _run_main(capsys, bundle, spleen[1], folder / "out", "--attack_loss", "bundle")
+        assert status == 1 and len(errors) == 1 and errors[0].startswith(expected)
+        assert not (folder / "out").exists()

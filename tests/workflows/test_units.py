@@ -114,8 +114,12 @@ def test_sigmoid_prediction_is_bce_at_the_threshold():
     assert torch.equal(shifted >= 0, torch.sigmoid(logits) >= 0.3)  # what the evaluator scores as foreground
     expected = F.binary_cross_entropy_with_logits(logits - torch.logit(torch.tensor(0.3)), label, reduction="sum")
     assert summed_cross_entropy(shifted, label) == pytest.approx(float(expected), rel=1e-5)
-    with pytest.raises(InputError, match="multi-label"):
+    with pytest.raises(InputError, match="multi-label"):  # without multi_label (e.g. the certificate's argmax)
         SigmoidPrediction(torch.nn.Identity(), SimpleInferer())(torch.randn(1, 3, 5, 5))
+    several = torch.randn(1, 3, 5, 5)  # multi-label: every channel shifted by the same threshold
+    multi = SigmoidPrediction(torch.nn.Identity(), SimpleInferer(), 0.3, multi_label=True)
+    assert torch.equal(multi(several) >= 0, several.sigmoid() >= 0.3)
+    assert PredictionRule("sigmoid", 0.3).multi_label and not PredictionRule("softmax").multi_label
 
 
 def test_sigmoid_bundle_runs_through_the_evaluator():
