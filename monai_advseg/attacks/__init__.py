@@ -44,7 +44,7 @@ from monai_advseg.attacks.specs import (
 )
 from monai_advseg.attacks.step_rules import StepContext, StepRule, l2_step_rule, signed_step_rule
 from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
-from monai_advseg.attacks.targets import inverse_mask
+from monai_advseg.attacks.targets import class_indices, inverse_mask
 
 __all__ = [
     "APGDStepRule",
@@ -88,6 +88,7 @@ __all__ = [
     "fgsm_pair",
     "input_gradient",
     "inverse_fgsm",
+    "class_indices",
     "inverse_mask",
     "iterative_fgsm",
     "kurakin_steps",

@@ -25,7 +25,7 @@ from monai_advseg.attacks.losses import per_channel_binary_cross_entropy
 from monai_advseg.attacks.queries import random_search, uniform_noise
 from monai_advseg.attacks.schedule import kurakin_steps_for, levels_to_epsilon
 from monai_advseg.attacks.sweep import fgsm_sweep, iterative_fgsm_sweep, repeat_for_sweep
-from monai_advseg.attacks.targets import inverse_mask
+from monai_advseg.attacks.targets import class_indices, inverse_mask
 
 __all__ = [
     "ATTACK_SPECS",
@@ -268,7 +268,7 @@ class SegPGDSpec(PGDSpec):
     accepts_loss = False  # its per-voxel weighted cross-entropy is the attack
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-        return label.argmax(dim=1, keepdim=True) if label.shape[1] != 1 else label
+        return class_indices(label)
 
     def check_network(self, channels: int) -> None:
         super().check_network(channels)
@@ -554,7 +554,7 @@ class WorstCaseSpec(AttackSpec):
 
     def target(self, label: torch.Tensor, num_classes: int) -> torch.Tensor:
         # Every member compares with the truth (I-FGSM derives its inverse mask); SegPGD needs class indices.
-        return label.argmax(dim=1, keepdim=True) if label.shape[1] != 1 else label
+        return class_indices(label)
 
     def check_network(self, channels: int) -> None:
         # SegPGD's weighting needs class logits; a 1-channel (sigmoid) network skips those members (recorded).

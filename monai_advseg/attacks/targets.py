@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["inverse_mask"]
+__all__ = ["class_indices", "inverse_mask"]
 
 
 def inverse_mask(label: torch.Tensor, num_classes: int, background_target: int = 1) -> torch.Tensor:
@@ -45,3 +45,24 @@ def inverse_mask(label: torch.Tensor, num_classes: int, background_target: int =
         return target
     one_hot = torch.zeros_like(label)
     return one_hot.scatter_(1, target.long(), 1)
+
+
+def class_indices(label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Class indices ``(B, 1, *spatial)`` of a label given as class indices (returned as is) or one-hot.
+
+    Args:
+        label: ``(B, 1, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot.
+        num_classes: when given, a one-hot label must have exactly this many channels.
+
+    Raises:
+        ValueError: naming the channel count when it is neither 1 nor ``num_classes``.
+    """
+    channels = label.shape[1]
+    if channels == 1:
+        return label
+    if num_classes is not None and channels != num_classes:
+        raise ValueError(
+            f"label has {channels} channels; expected 1 (class indices) or {num_classes} (one-hot) for a "
+            f"network with {num_classes} classes"
+        )
+    return label.argmax(dim=1, keepdim=True)

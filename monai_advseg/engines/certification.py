@@ -27,6 +27,8 @@ from monai.inferers import Inferer
 from torch import nn
 
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy, unwrap_ddp
+from monai_advseg.attacks.scoring import predicted_classes
+from monai_advseg.attacks.targets import class_indices
 from monai_advseg.certify import ABSTAIN, certified_scores, smoothed_segmentation
 from monai_advseg.engines.one_pass import OnePassEvaluator
 from monai_advseg.engines.sweep_records import case_ids, gather_across_ranks
@@ -63,25 +65,6 @@ def _check_radii(radii: Sequence[float], name: str) -> list[float]:
     if len(set(values)) != len(values):
         raise ValueError(f"{name} must not repeat a radius, got {list(radii)}")
     return sorted(values)
-
-
-def _labels(logits: torch.Tensor) -> torch.Tensor:
-    """Class indices ``(B, 1, *spatial)`` of logits: argmax, or ``sigmoid >= 0.5`` for one channel."""
-    if logits.shape[1] == 1:
-        return (torch.sigmoid(logits.float()) >= 0.5).long()
-    return logits.argmax(dim=1, keepdim=True)
-
-
-def _class_indices(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    label = plain_copy(label)
-    if label.shape[1] == 1:
-        return label.long()
-    if label.shape[1] != num_classes:
-        raise ValueError(
-            f"label has {label.shape[1]} channels; expected 1 (class indices) or {num_classes} (one-hot) for a "
-            f"network with {num_classes} classes"
-        )
-    return label.argmax(dim=1, keepdim=True)
 
 
 class CertificationEvaluator(OnePassEvaluator):
@@ -267,7 +250,7 @@ class CertificationEvaluator(OnePassEvaluator):
 
     def _base_dice(self, logits: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
         """The base model's Dice, scored like the certificate (every voxel counted as certified at any radius)."""
-        labels = _labels(logits)
+        labels = predicted_classes(logits)[:, None]
         radius = torch.full(labels.shape, math.inf, device=labels.device)
         return self._scores(labels, radius, truth, [0.0], num_classes)["dice"][:, 0]
 
@@ -298,7 +281,7 @@ class CertificationEvaluator(OnePassEvaluator):
         began = time.perf_counter()
         logits = self._base_logits(inputs)
         num_classes = max(2, logits.shape[1])
-        truth = _class_indices(targets, num_classes).to(inputs.device)
+        truth = class_indices(plain_copy(targets), num_classes).long().to(inputs.device)
         self._rows["base_dice"].append(self._base_dice(logits, truth, num_classes))
         self._seconds["base_seconds"] += time.perf_counter() - began
         began = time.perf_counter()

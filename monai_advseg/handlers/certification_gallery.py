@@ -13,7 +13,8 @@ from typing import Any
 
 from ignite.engine import Engine
 
-from monai_advseg.handlers.robustness_gallery import GalleryCollector, gallery_array, label_indices
+from monai_advseg.attacks.targets import class_indices
+from monai_advseg.handlers.robustness_gallery import GalleryCollector, gallery_array
 
 __all__ = ["CertificationGalleryCollector"]
 
@@ -32,7 +33,7 @@ class CertificationGalleryCollector(GalleryCollector):
     state_key = "certification_gallery"
 
     def keep(self, engine: Engine, output: dict[str, Any], take: int) -> list[dict[str, Any]]:
-        truth = label_indices(output["label"][:take])
+        truth = class_indices(output["label"][:take])[:, 0]
         return [
             {
                 "image": gallery_array(output["image"][b]),

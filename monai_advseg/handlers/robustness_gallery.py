@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_advseg.attacks.scoring import predicted_classes
+from monai_advseg.attacks.targets import class_indices
 
 __all__ = [
     "GALLERY_CASES",
@@ -23,7 +24,6 @@ __all__ = [
     "RobustnessGalleryCollector",
     "gallery_array",
     "gallery_levels",
-    "label_indices",
 ]
 
 #: Cases whose images the gallery keeps (the first ones the sweep sees; bounded memory).
@@ -43,11 +43,6 @@ def gallery_levels(levels: Sequence[float], count: int = 3) -> list[float]:
     top = max(positive)
     wanted = [top / 4, top / 2, top][-count:]
     return sorted({min(positive, key=lambda e, w=w: abs(e - w)) for w in wanted})
-
-
-def label_indices(label: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, *spatial)`` class indices or ``(B, C, *spatial)`` one-hot truth -> ``(B, *spatial)`` class indices."""
-    return label[:, 0] if label.shape[1] == 1 else label.argmax(dim=1)
 
 
 def gallery_array(image: torch.Tensor) -> Any:
@@ -110,7 +105,7 @@ class RobustnessGalleryCollector(GalleryCollector):
         columns = [engine.epsilon_levels.index(e) for e in levels]
         adversarial = [output["adversarial"][c, :take].detach() for c in columns]
         predictions = [predicted_classes(engine.predict_logits(images)).cpu() for images in adversarial]
-        truth = label_indices(output["label"][:take])
+        truth = class_indices(output["label"][:take])[:, 0]
         clean = predicted_classes(output["pred"][:take]).cpu()
         return [
             {
