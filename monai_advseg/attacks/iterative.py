@@ -181,9 +181,6 @@ def _iterate(
     result equals attacking every sample alone, while a sweep over epsilons of one image costs one gradient per step
     until the budgets part.
 
-    The public attacks of this module hand it their parameters by name (``_iterate(**locals())``): their names are
-    the loop's, so an attack only adds what differs (the norm, a step loss) and its own checks.
-
     Args:
         step_rule: the candidate before clipping and projection (default: the norm's steepest-ascent step, the sign
             step for L-inf, the normalized gradient for L2); see :mod:`monai_advseg.attacks.step_rules`. A rule with
@@ -447,7 +444,17 @@ def iterative_fgsm(
     Raises:
         ValueError: on bad strengths, steps, shapes, values or ``clip_range``.
     """
-    return _iterate(**locals())  # the parameters by name: they are the loop's
+    return _iterate(
+        network,
+        image,
+        label,
+        epsilon,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        clip_range=clip_range,
+        loss_fn=loss_fn,
+    )
 
 
 def pgd(
@@ -473,7 +480,19 @@ def pgd(
     Returns:
         The adversarial batch, as in :func:`iterative_fgsm`.
     """
-    return _iterate(**locals())  # the parameters by name: they are the loop's
+    return _iterate(
+        network,
+        image,
+        label,
+        epsilon,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        clip_range=clip_range,
+        loss_fn=loss_fn,
+        random_start=random_start,
+        generator=generator,
+    )
 
 
 def _check_l2_steps(alpha: float | torch.Tensor, steps: int | torch.Tensor) -> None:
@@ -526,7 +545,20 @@ def pgd_l2(
             bad ``clip_range``.
     """
     _check_l2_steps(alpha, steps)
-    return _iterate(**locals(), norm="l2")  # the parameters by name: they are the loop's
+    return _iterate(
+        network,
+        image,
+        label,
+        epsilon,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        clip_range=clip_range,
+        loss_fn=loss_fn,
+        random_start=random_start,
+        generator=generator,
+        norm="l2",
+    )
 
 
 def balanced_cross_entropy(
@@ -598,4 +630,17 @@ def segpgd(
     Arguments as in :func:`pgd`; the loss is :func:`segpgd_loss` (class-index labels, multi-channel logits).
     """
 
-    return _iterate(**locals(), loss_fn=None, step_loss=segpgd_step_loss(targeted))  # the parameters by name
+    return _iterate(
+        network,
+        image,
+        label,
+        epsilon,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        clip_range=clip_range,
+        loss_fn=None,
+        random_start=random_start,
+        generator=generator,
+        step_loss=segpgd_step_loss(targeted),
+    )

@@ -26,6 +26,7 @@ from monai.engines.utils import default_prepare_batch
 from monai.inferers import Inferer
 from torch import nn
 
+from monai_advseg.attacks import pgd_l2
 from monai_advseg.attacks.gradient import eval_modes, forward_in_chunks, plain_copy, unwrap_ddp
 from monai_advseg.attacks.scoring import predicted_classes
 from monai_advseg.attacks.targets import class_indices
@@ -255,8 +256,6 @@ class CertificationEvaluator(OnePassEvaluator):
         return self._scores(labels, radius, truth, [0.0], num_classes)["dice"][:, 0]
 
     def _attack(self, image: torch.Tensor, truth: torch.Tensor, radius: float, generator: torch.Generator | None):
-        from monai_advseg.attacks import pgd_l2
-
         step = 2.5 * radius / self.attack_steps if self.attack_alpha is None else self.attack_alpha
         with eval_modes(self.attacked):
             return pgd_l2(
