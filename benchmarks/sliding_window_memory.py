@@ -10,15 +10,17 @@ recomputes one window at a time whatever ``sw_batch_size``; ``--gradient-batch-s
 (``monai_advseg.attacks.gradient.input_gradient``, summed cross-entropy to random labels) of one volume
 ``1x1xHxWxD``.
 
-Memory: on the CPU each case runs in a fresh process, and the figure is the growth of ``ru_maxrss`` over the step
-(model and volume already built, nothing larger allocated before: transparent huge pages make the resident size of a
-reused process meaningless; glibc's dynamic mmap threshold also keeps freed buffers of up to 32 MiB resident in the
-heap, which ``--mmap-threshold 1048576`` avoids by fixing the threshold). The step is the process's first, so its
-time includes one-off start-up costs (small next to a step of several seconds). On CUDA the cases run in this
-process: peak ``torch.cuda.max_memory_allocated`` over the step minus what was allocated before it, after a warm-up
-step; times are synchronised.
-Targets: streamed peak flat in the volume size (within 20 %, where the volume has at least ``sw_batch_size``
-windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last line is
+Memory: the peak bytes of live tensors over the step above what was allocated before it. On the CPU that is counted
+from the allocation events of ``torch.profiler`` (``profile_memory=True``) over a second, profiled step (the first is
+timed without the profiler, which adds about 15 % to a step); on CUDA it is ``torch.cuda.max_memory_allocated``
+after a warm-up step, with synchronised times. On the CPU each case runs in a fresh process, and the growth of
+``ru_maxrss`` over the first step is printed beside it ("RSS"): what the process really held, which also counts
+freed buffers that glibc keeps resident in its heap (transparent huge pages make the resident size of a reused process
+meaningless, hence the fresh process; glibc's dynamic mmap threshold keeps freed buffers of up to 32 MiB in the heap,
+so the RSS grows with the number of windows recomputed even where the tensors do not; ``--mmap-threshold 1048576``
+fixes the threshold and the RSS follows the tensors more closely, at some cost in time).
+Targets (on the tensor bytes): streamed peak flat in the volume size (within 20 %, where the volume has at least
+``sw_batch_size`` windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last line is
 ``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
 
     python benchmarks/sliding_window_memory.py [--device cpu] [--sw-batch 1 4] [--volumes 96x96x96 ...]
@@ -35,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +109,8 @@ def run_case(
     """One case: build the model and the volume, then measure the attack step's memory growth and time.
 
     Returns:
-        ``{"peak_mib", "seconds", "windows"}``: memory growth over the step (MiB) and the median step time.
+        ``{"peak_mib", "rss_mib", "seconds", "windows"}``: peak live tensor bytes over the step (MiB), the growth of
+        ``ru_maxrss`` over the first step (MiB; None on CUDA), the median step time and the number of windows.
     """
     torch.manual_seed(0)
     args, _ = spleen_unet_args()
@@ -126,6 +130,7 @@ def run_case(
             input_gradient(attacked, image, label)
 
     times = []
+    rss_mib = None
     if device.type == "cuda":
         step()  # warm-up (cuDNN plans); the peak window below starts after it
         torch.cuda.empty_cache()
@@ -142,7 +147,8 @@ def run_case(
         began = time.perf_counter()
         step()
         times.append(time.perf_counter() - began)
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        rss_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        peak = peak_tensor_bytes(step) / 2**20
     for _ in range(repeats - 1):
         synchronize(device)
         began = time.perf_counter()
@@ -152,7 +158,23 @@ def run_case(
     image_size = tuple(max(v, roi) for v in volume)
     scan = _get_scan_interval(image_size, (roi,) * 3, 3, (overlap,) * 3)
     windows = len(dense_patch_slices(image_size, (roi,) * 3, scan))
-    return {"peak_mib": peak, "seconds": statistics.median(times), "windows": windows}
+    return {"peak_mib": peak, "rss_mib": rss_mib, "seconds": statistics.median(times), "windows": windows}
+
+
+def peak_tensor_bytes(step: Callable[[], None]) -> int:
+    """The peak bytes of CPU tensors alive during ``step()`` above those alive before it (torch's allocation events).
+
+    Every CPU allocation and free made through torch's allocator while the profiler runs is an event with a signed
+    size; their running sum, in time order, is the live tensor bytes, and its maximum is the peak.
+    """
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        step()
+    events = [e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
@@ -194,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     print(f"roi {args.roi}^3, overlap {args.overlap}; one step = forward + input-only backward of a 1x1xHxWxD volume")
     recomputed = "sw_batch_size" if gradient_batch is None else gradient_batch
     print(f"streamed backward: gradient_batch_size {recomputed} (windows recomputed with autograd at once)")
-    memory = "ru_maxrss growth over the step, fresh process per case" if device.type == "cpu" else "max allocated"
-    if device.type == "cpu" and args.mmap_threshold is not None:
-        memory += f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+    if device.type == "cpu":
+        memory = "peak live tensor bytes over a profiled step (MiB); RSS: ru_maxrss growth, fresh process per case"
+        if args.mmap_threshold is not None:
+            memory += f", MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+    else:
+        memory = "max allocated over the step (MiB)"
     print(f"memory: {memory}")
     print(
         f"{'sw_batch':>8} {'volume':>12} {'windows':>7} {'naive MiB':>10} {'streamed MiB':>12} {'mem ratio':>9} "
-        f"{'naive s':>8} {'streamed s':>10} {'time ratio':>10}"
+        f"{'naive s':>8} {'streamed s':>10} {'time ratio':>10} {'naive RSS':>9} {'streamed RSS':>12}"
     )
     rows = []
     for sw_batch in args.sw_batch:
@@ -227,22 +252,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 "naive_seconds": naive["seconds"],
                 "streamed_seconds": streamed_["seconds"],
                 "time_ratio": streamed_["seconds"] / naive["seconds"],
+                "naive_rss_mib": naive["rss_mib"],
+                "streamed_rss_mib": streamed_["rss_mib"],
             }
             rows.append(row)
             print(
                 f"{sw_batch:>8} {row['volume']:>12} {row['windows']:>7} {row['naive_mib']:>10.0f} "
                 f"{row['streamed_mib']:>12.0f} {row['memory_ratio']:>9.2f} {row['naive_seconds']:>8.1f} "
-                f"{row['streamed_seconds']:>10.1f} {row['time_ratio']:>10.2f}",
+                f"{row['streamed_seconds']:>10.1f} {row['time_ratio']:>10.2f} {_mib(row['naive_rss_mib']):>9} "
+                f"{_mib(row['streamed_rss_mib']):>12}",
                 flush=True,
             )
     for sw_batch in args.sw_batch:
         # flatness over the volumes that fill at least one whole window batch
-        peaks = [r["streamed_mib"] for r in rows if r["sw_batch"] == sw_batch and r["windows"] >= sw_batch]
-        if len(peaks) > 1:
-            print(
+        filled = [r for r in rows if r["sw_batch"] == sw_batch and r["windows"] >= sw_batch]
+        if len(filled) > 1:
+            peaks = [r["streamed_mib"] for r in filled]
+            line = (
                 f"sw_batch {sw_batch}: streamed peak max/min over volumes with >= {sw_batch} windows "
                 f"{max(peaks) / min(peaks):.2f} (target <= 1.20)"
             )
+            if device.type == "cpu":
+                resident = [r["streamed_rss_mib"] for r in filled]
+                line += f"; RSS {max(resident) / min(resident):.2f} (glibc's heap, see the docstring)"
+            print(line)
     key = [r for r in rows if r["sw_batch"] == max(args.sw_batch)][-1]
     print(f"sw_batch {key['sw_batch']} at the largest volume: targets memory ratio >= 5, time ratio <= 1.6")
     print(
@@ -256,6 +289,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "naive_s": key["naive_seconds"],
         "streamed_s": key["streamed_seconds"],
     }
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _in_fresh_process_with(

@@ -27,7 +27,14 @@ from monai_advseg.attacks.losses import (
 )
 from monai_advseg.attacks.queries import random_search, true_class_probability, uniform_noise
 from monai_advseg.attacks.schedule import PAPER_EPSILON_LEVELS, kurakin_steps, kurakin_steps_for, levels_to_epsilon
-from monai_advseg.attacks.scoring import argmax_classes, case_dice, case_scores, predicted_classes
+from monai_advseg.attacks.scoring import (
+    argmax_classes,
+    case_dice,
+    case_scores,
+    label_map,
+    predicted_classes,
+    predicted_label_map,
+)
 from monai_advseg.attacks.specs import (
     ATTACK_SPECS,
     WORST_CASE_MEMBERS,
@@ -57,7 +64,9 @@ __all__ = [
     "argmax_classes",
     "case_dice",
     "case_scores",
+    "label_map",
     "predicted_classes",
+    "predicted_label_map",
     "balanced_cross_entropy",
     "dice_loss",
     "jensen_shannon_loss",

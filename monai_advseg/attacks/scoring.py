@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["argmax_classes", "case_dice", "case_scores", "predicted_classes"]
+__all__ = ["argmax_classes", "case_dice", "case_scores", "label_map", "predicted_classes", "predicted_label_map"]
 
 
 def argmax_classes(logits: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
@@ -43,6 +43,39 @@ def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
     if logits.shape[1] == 1:  # the sigmoid itself, not logits >= 0: sigmoid rounds to 0.5 just below 0
         return (torch.sigmoid(logits.float()) >= 0.5).long()[:, 0]
     return argmax_classes(logits)
+
+
+def label_map(channels: torch.Tensor) -> torch.Tensor:
+    """Binary label channels (multi-label, BraTS-style) as one label map to draw: 1 + the last channel that is on.
+
+    A voxel can carry several labels (nested regions) or none; the map shows the last one that is on (0: none), so
+    nested regions listed from the outermost in draw as rings and each channel keeps its own value.
+
+    Args:
+        channels: ``(B, C, *spatial)``, nonzero where a label is on.
+
+    Returns:
+        ``(B, *spatial)`` int64 in ``0 .. C``.
+    """
+    values = torch.arange(1, channels.shape[1] + 1, device=channels.device)
+    return (channels.bool().long() * values.view(1, -1, *([1] * (channels.ndim - 2)))).amax(dim=1)
+
+
+def predicted_label_map(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """What a gallery draws of a prediction: :func:`predicted_classes`, or with ``multi_label`` the :func:`label_map`
+    of the channels the scorer counts as on (``sigmoid >= 0.5`` each, as
+    :class:`~monai_advseg.engines.MultiLabelScorer`).
+
+    Args:
+        logits: ``(B, C, *spatial)``.
+        multi_label: the channels are independent sigmoid labels.
+
+    Returns:
+        ``(B, *spatial)`` int64.
+    """
+    if not multi_label:
+        return predicted_classes(logits)
+    return label_map(torch.sigmoid(logits.float()) >= 0.5)
 
 
 def _class_counts(

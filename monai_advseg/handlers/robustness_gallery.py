@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from monai_advseg.attacks.scoring import predicted_classes
+from monai_advseg.attacks.scoring import label_map, predicted_label_map
 from monai_advseg.attacks.targets import class_indices
 
 __all__ = [
@@ -90,7 +90,9 @@ class RobustnessGalleryCollector(GalleryCollector):
     The engine must provide ``epsilon_levels`` and ``predict_logits(image)`` and put ``image``, ``label``, ``pred``
     (clean logits) and ``adversarial`` (``(E, B, C, *spatial)``) in its iteration output, as
     :class:`~monai_advseg.engines.RobustnessEvaluator` does. The adversarial predictions of the kept cases are
-    computed here (at most ``cases`` x 3 forwards per run).
+    computed here (at most ``cases`` x 3 forwards per run). An engine whose ``multi_label`` is True (independent
+    sigmoid channels) gets each truth and prediction drawn as the :func:`~monai_advseg.attacks.label_map` of its
+    channels (each channel ``sigmoid >= 0.5``, as its scorer counts them), not as an argmax.
 
     Args:
         cases: how many cases to keep.
@@ -104,9 +106,11 @@ class RobustnessGalleryCollector(GalleryCollector):
             return []
         columns = [engine.epsilon_levels.index(e) for e in levels]
         adversarial = [output["adversarial"][c, :take].detach() for c in columns]
-        predictions = [predicted_classes(engine.predict_logits(images)).cpu() for images in adversarial]
-        truth = class_indices(output["label"][:take])[:, 0]
-        clean = predicted_classes(output["pred"][:take]).cpu()
+        multi_label = getattr(engine, "multi_label", False)
+        predictions = [predicted_label_map(engine.predict_logits(i), multi_label).cpu() for i in adversarial]
+        label = output["label"][:take]
+        truth = label_map(label) if multi_label else class_indices(label)[:, 0]
+        clean = predicted_label_map(output["pred"][:take], multi_label).cpu()
         return [
             {
                 "image": gallery_array(output["image"][b]),

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from monai.engines.utils import default_prepare_batch
-from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from monai_advseg.data import InputError, MissingInputError
@@ -139,22 +138,17 @@ class PredictionRule:
         channel, the binary case)."""
         return self.activation == "sigmoid"
 
-    def network(self, network: nn.Module, inferer: Inferer, multi_label: bool = False) -> nn.Module:
-        """The module the evaluator attacks: the network, or (sigmoid) the network through the inferer, adapted.
+    def network(self, network: nn.Module, multi_label: bool = False) -> nn.Module:
+        """The module the evaluator attacks through the bundle's inferer: the network, or (sigmoid) adapted.
 
         Args:
             network: the bundle's network.
-            inferer: the bundle's inferer.
             multi_label: the evaluator scores several sigmoid channels one by one (else :class:`SigmoidPrediction`
                 refuses them).
         """
         if not self.needs_wrapper:
             return network
-        return SigmoidPrediction(network, inferer, self.threshold, multi_label=multi_label)
-
-    def inferer(self, inferer: Inferer) -> Inferer:
-        """The inferer the evaluator wraps around :meth:`network` (already inside it for sigmoid bundles)."""
-        return SimpleInferer() if self.needs_wrapper else inferer
+        return SigmoidPrediction(network, self.threshold, multi_label=multi_label)
 
     @property
     def prepare_batch(self) -> Callable:
@@ -177,12 +171,13 @@ class SigmoidPrediction(nn.Module):
 
     The evaluator scores each channel as ``sigmoid >= 0.5`` (one channel, or several with ``multi_label``) and the
     attack loss is each channel's binary cross-entropy, so after the shift both follow the bundle's decision
-    ``sigmoid(z) >= threshold``. The inferer is applied inside (a sliding window averages logits, so the shift
-    commutes with it).
+    ``sigmoid(z) >= threshold``. The bundle's inferer runs around this module, as around the network: a sliding
+    window averages the windows' logits (the blending weights of a voxel sum to one), so the shift per window is the
+    shift of the stitched logits, and the evaluator streams a ``SlidingWindowInferer``'s input gradient as for any
+    bundle.
 
     Args:
         network: the bundle's network.
-        inferer: the bundle's inferer.
         threshold: the sigmoid threshold of the bundle's postprocessing.
         multi_label: several channels are independent labels that the evaluator scores one by one
             (``RobustnessEvaluator(multi_label=True)``); False refuses them.
@@ -192,18 +187,17 @@ class SigmoidPrediction(nn.Module):
             labels (argmax, cross-entropy over the channels) would score and attack something else.
     """
 
-    def __init__(self, network: nn.Module, inferer: Inferer, threshold: float = 0.5, multi_label: bool = False) -> None:
+    def __init__(self, network: nn.Module, threshold: float = 0.5, multi_label: bool = False) -> None:
         super().__init__()
         self.multi_label = bool(multi_label)
         self.network = network
-        self.inferer = inferer
         self.threshold = float(threshold)
         self.shift = math.log(threshold / (1 - threshold))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         from monai_advseg.attacks.gradient import network_logits
 
-        logits = network_logits(self.inferer(image, self.network))
+        logits = network_logits(self.network(image, *args, **kwargs))
         if logits.shape[1] != 1 and not self.multi_label:
             raise InputError(
                 f"validate#postprocessing: sigmoid activation on a {logits.shape[1]}-channel output (multi-label): "
@@ -559,7 +553,8 @@ def bundle_robustness(
         bundle_root: the bundle folder (with ``configs/``).
         output_dir: the report folder (``robustness.csv``, ``robustness_cases.csv``, ``robustness.json``, ``.png``).
         dataset_dir: overrides the bundle's ``dataset_dir``.
-        epsilons: the strengths in ``epsilon_unit``; None: the NLCE paper's sweep (``levels`` only).
+        epsilons: the strengths in ``epsilon_unit``; None: the NLCE paper's sweep, its 18 strengths in levels
+            whatever ``epsilon_unit`` (the report gives them in every unit it knows).
         epsilon_unit: ``levels`` (of 255 of the network-input range), ``hu`` (source units, through a fixed linear
             intensity map) or ``input`` (network-input units).
         alpha: step size of iterative attacks in ``epsilon_unit``; None: one level.
@@ -634,12 +629,9 @@ def bundle_robustness(
             f"--attack_loss bundle: attack {attack!r} has its own loss(es); the bundle's loss drives "
             "ifgsm_targeted, fgsm, pgd or pgd_l2"
         )
-    if epsilons is None:
-        if epsilon_unit != "levels":
-            raise InputError(
-                f"--epsilons: required with --epsilon_unit {epsilon_unit} (the default sweep is in levels)"
-            )
-        epsilons = list(PAPER_EPSILON_LEVELS)
+    default_sweep = epsilons is None
+    if default_sweep:
+        epsilons = list(PAPER_EPSILON_LEVELS)  # in levels whatever --epsilon_unit (which still applies to --alpha)
     if len(set(epsilons)) != len(list(epsilons)) or not list(epsilons):
         raise InputError(f"--epsilons: {list(epsilons)}: give at least one strength, none twice")
     if max_cases is not None and max_cases < 1:
@@ -702,12 +694,17 @@ def bundle_robustness(
                 **(
                     {"sigma_given": sigma, "radii_given": radii, "attack_radii_given": attack_radii}
                     if certify
-                    else {"epsilons_given": sorted(float(e) for e in epsilons), "alpha_given": alpha}
+                    else {
+                        "epsilons_given": None if default_sweep else sorted(float(e) for e in epsilons),
+                        "alpha_given": alpha,
+                    }
                 ),
                 **({} if loss_description is None else {"attack_loss": loss_description}),
             },
         }
     )
+    if default_sweep and not certify and epsilon_unit != "levels":
+        parser["robustness#levels"] = [float(e) for e in epsilons]  # the paper's levels, not converted from the unit
     if certify:
         parser.update(
             {

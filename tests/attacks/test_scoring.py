@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric
 from monai.transforms import AsDiscrete
 
-from monai_advseg.attacks.scoring import argmax_classes, case_dice, case_scores, predicted_classes
+from monai_advseg.attacks.scoring import (
+    argmax_classes,
+    case_dice,
+    case_scores,
+    label_map,
+    predicted_classes,
+    predicted_label_map,
+)
 
 
 def _monai_dice(logits, label, num_classes, include_background, ignore_empty):
@@ -91,3 +98,12 @@ def test_bad_labels_are_refused():
         case_dice(predicted_classes(logits), torch.full((2, 1, 4, 4), 3), 3)
     with pytest.raises(ValueError, match=r"label of shape \(2, 2, 4, 4\) does not fit"):
         case_dice(predicted_classes(logits), torch.zeros(2, 2, 4, 4), 3)
+
+
+def test_label_map_is_one_plus_the_last_channel_that_is_on():
+    channels = torch.tensor([[[1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 0]]])  # (1, 3, 4): overlapping, and one empty
+    assert label_map(channels).tolist() == [[2, 3, 3, 0]]
+    assert label_map(channels[:, :, None]).shape == (1, 1, 4)  # any spatial rank
+    logits = torch.tensor([[[2.0, -1.0], [0.0, -3.0]]])  # sigmoid(0) = 0.5 counts as on, as the scorer's threshold
+    assert predicted_label_map(logits, multi_label=True).tolist() == [[2, 0]]
+    assert torch.equal(predicted_label_map(logits), predicted_classes(logits))  # softmax: the argmax

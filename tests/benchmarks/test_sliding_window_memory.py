@@ -46,8 +46,24 @@ def test_a_tiny_run_prints_the_key_line_last():
     )
     rows = part["figures"]["rows"]
     assert [(r["volume"], r["windows"]) for r in rows] == [("48x32x32", 2)]
-    # a tiny volume may grow the resident set by less than the allocator's granularity: 0 MiB is a valid reading
-    assert all(r["naive_mib"] >= 0 and r["streamed_mib"] >= 0 and r["time_ratio"] > 0 for r in rows)
+    # the tensor bytes: the naive step holds both windows' graphs, the streamed one window's (and the volume's
+    # gradients); a tiny volume may grow the resident set by less than the allocator's granularity: 0 MiB is valid
+    assert all(r["naive_mib"] > r["streamed_mib"] > 0 and r["time_ratio"] > 0 for r in rows)
+    assert all(r["naive_rss_mib"] >= 0 and r["streamed_rss_mib"] >= 0 for r in rows)
+
+
+def test_peak_tensor_bytes_counts_the_live_tensors_at_their_peak():
+    kept = torch.ones(250_000)  # alive before the step: not counted
+
+    def step() -> None:
+        first = torch.empty(1_000_000)  # 4 MB
+        second = torch.empty(500_000)  # 2 MB: 6 MB alive together
+        del first, second
+        third = torch.empty(1_250_000)  # 5 MB alone: below the peak
+        del third
+        kept.add_(1)  # in place: no allocation
+
+    assert 6_000_000 <= sliding_window_memory.peak_tensor_bytes(step) < 6_000_000 + 4096
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a machine without CUDA")

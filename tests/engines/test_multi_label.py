@@ -163,3 +163,23 @@ def test_a_built_multi_label_component_with_its_own_loss_keeps_the_per_channel_t
         network, images, 1 - labels, 2 / 255, alpha=1 / 255, steps=3, targeted=True, loss_fn=loss, clip_range=(0, 1)
     )
     assert torch.equal(swept[0], single)
+
+
+def test_the_gallery_draws_the_channels_the_scorer_counts_not_an_argmax():
+    network, images, labels = _multi_label_case()
+    evaluator = RobustnessEvaluator(
+        "cpu", [{"image": images, "label": labels}], network, epsilons=[2, 4], multi_label=True, progress=False
+    )
+    evaluator.run()
+    gallery = evaluator.state.robustness_gallery
+    assert len(gallery) == 2
+    with torch.no_grad():
+        on = torch.sigmoid(network(images)) >= 0.5
+    for b, case in enumerate(gallery):
+        # 1 + the last label that is on: the disk is 2 (channel 1 covers it), everything else 3 (its complement)
+        expected_truth = torch.where(labels[b, 2] > 0, 3, torch.where(labels[b, 1] > 0, 2, (labels[b, 0] > 0).long()))
+        assert torch.equal(torch.as_tensor(case["label"]), expected_truth)
+        last_on = torch.where(on[b, 2], 3, torch.where(on[b, 1], 2, on[b, 0].long()))
+        assert torch.equal(torch.as_tensor(case["clean_prediction"]), last_on)
+        # voxels with no label on are 0; an argmax would give every voxel a channel
+        assert torch.equal(torch.as_tensor(case["clean_prediction"]) == 0, ~on[b].any(dim=0))

@@ -221,7 +221,6 @@ def test_hu_with_a_per_image_normalisation_suggests_input_units(spleen, tmp_path
             "error: --epsilon_unit: 'kelvin': unknown unit; choose one of levels, hu, input",
         ),
         (["--attack", "fgsmm"], "error: --attack: unknown attack 'fgsmm': "),
-        (["--epsilon_unit", "hu"], "error: --epsilons: required with --epsilon_unit hu"),
         (["--epsilons", "[1, 1]"], "error: --epsilons: [1.0, 1.0]: give at least one strength, none twice"),
         (["--epsilons", "ten"], "error: --epsilons: 'ten': not a Python / JSON literal"),
         (["--bogus"], "error: --bogus: unknown argument"),
@@ -236,6 +235,19 @@ def test_bad_arguments(spleen, tmp_path, capsys, extra, expected):
     status, errors = _run_main(capsys, *spleen, tmp_path / "out", *extra)
     assert status == 1 and len(errors) == 1 and errors[0].startswith(expected)
     assert not (tmp_path / "out").exists()
+
+
+def test_without_epsilons_the_paper_sweep_runs_in_levels_and_is_reported_in_hu(spleen, tmp_path, capsys):
+    from monai_advseg.attacks import PAPER_EPSILON_LEVELS
+
+    out = tmp_path / "out"
+    status, errors = _run_main(capsys, *spleen, out, "--epsilon_unit", "hu", "--attack", "fgsm")
+    assert status == 0 and errors == []
+    config = json.loads((out / "robustness.json").read_text())["config"]
+    units = config["epsilon_units"]
+    assert units["given_in"] == "hu" and config["epsilons_given"] is None
+    assert units["levels"] == pytest.approx(PAPER_EPSILON_LEVELS)  # not taken as HU and converted
+    assert units["hu"] == pytest.approx([e * 221 / 255 for e in PAPER_EPSILON_LEVELS])
 
 
 def test_overlay_and_properties_are_package_data_and_documented():
@@ -337,31 +349,43 @@ def test_certify_mode_refuses_an_existing_certification_report(spleen, tmp_path,
     assert (out / "certify.csv").read_text() == "earlier"
 
 
-def test_a_multi_label_sigmoid_bundle_is_scored_channel_by_channel(spleen, tmp_path, capsys):
+def _multi_label(config: dict) -> None:
     """The zoo bundle turned multi-label: sigmoid + threshold postprocessing, the label as two binary channels."""
+    config["validate"]["postprocessing"] = {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        ],
+    }
+    transforms = [
+        *config["train"]["deterministic_transforms"],
+        {"_target_": "AsDiscreted", "keys": "label", "to_onehot": 2},
+    ]
+    config["validate"]["preprocessing"] = {"_target_": "Compose", "transforms": transforms}
 
-    def multi_label(config):
-        config["validate"]["postprocessing"] = {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-            ],
-        }
-        transforms = [
-            *config["train"]["deterministic_transforms"],
-            {"_target_": "AsDiscreted", "keys": "label", "to_onehot": 2},
-        ]
-        config["validate"]["preprocessing"] = {"_target_": "Compose", "transforms": transforms}
 
-    bundle = _edited_bundle(spleen, tmp_path, multi_label)
+def _multi_label_bundle(spleen, folder: Path, edit=None) -> Path:
+    def edits(config: dict) -> None:
+        _multi_label(config)
+        if edit is not None:
+            edit(config)
+
+    bundle = _edited_bundle(spleen, folder, edits)
     (bundle / "configs" / "evaluate.json").unlink()  # it restates the softmax postprocessing
+    return bundle
+
+
+def test_a_multi_label_sigmoid_bundle_is_scored_channel_by_channel(spleen, tmp_path, capsys):
+    bundle = _multi_label_bundle(spleen, tmp_path)
     out = tmp_path / "out"
     status, errors = _run_main(capsys, bundle, spleen[1], out, "--epsilons", "[2]", "--attack", "fgsm")
     assert status == 0 and errors == []
     report = json.loads((out / "robustness.json").read_text())
     assert report["config"]["prediction"]["activation"] == "sigmoid"
     assert report["config"]["multi_label"] is True and report["config"]["scorer"] == "MultiLabelScorer"
+    # the threshold adapter runs inside the bundle's sliding window: the window-by-window input gradient applies
+    assert report["config"]["inferer"] == "SlidingWindowInferer" and report["config"]["streamed_gradient"] is True
     assert "binary cross-entropy of each channel" in report["config"]["prediction"]["attack_loss"]
     for row in report["metrics"]:
         assert 0 <= row["mean_dice"] <= 1
@@ -385,6 +409,32 @@ def test_the_bundles_own_loss_as_the_attack_loss(spleen, tmp_path, capsys):
     default_out = tmp_path / "default"
     status, errors = _run_main(capsys, *spleen, default_out, "--epsilons", "[4]", "--attack", "fgsm")
     assert status == 0 and "attack_loss" not in json.loads((default_out / "robustness.json").read_text())["config"]
+
+
+def test_a_multi_label_bundles_own_loss_drives_the_attack_from_the_command_line(spleen, tmp_path, capsys):
+    """``--attack_loss bundle`` on the multi-label bundle: its sigmoid DiceCELoss, per channel, per sample."""
+
+    def sigmoid_loss(config):
+        config["loss"] = {"_target_": "DiceCELoss", "sigmoid": True}
+
+    bundle = _multi_label_bundle(spleen, tmp_path, sigmoid_loss)
+    reports = {}
+    for attack_loss in ("bundle", "default"):
+        out = tmp_path / attack_loss
+        extra = ["--epsilons", "[8]", "--steps", "3", "--attack_loss", attack_loss]
+        status, errors = _run_main(capsys, bundle, spleen[1], out, *extra)
+        assert status == 0 and errors == []
+        reports[attack_loss] = json.loads((out / "robustness.json").read_text())
+    config = reports["bundle"]["config"]
+    assert config["multi_label"] is True and config["scorer"] == "MultiLabelScorer"
+    assert config["attack_loss"].startswith("the bundle's loss: monai.losses.dice.DiceCELoss, per sample")
+    assert "binary cross-entropy" in reports["default"]["config"]["prediction"]["attack_loss"]
+    clean, attacked = (
+        {name: [r for r in report["metrics"] if (r["eps"] > 0) == a][0] for name, report in reports.items()}
+        for a in (False, True)
+    )
+    assert clean["bundle"]["mean_dice"] == clean["default"]["mean_dice"]  # the same clean scores
+    assert attacked["bundle"]["mean_dice"] != attacked["default"]["mean_dice"]  # another loss, another attack
 
 
 def test_a_bundle_loss_that_is_missing_or_not_monais_is_refused(spleen, tmp_path, capsys):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from monai.inferers import SimpleInferer
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import UNet
 from monai.transforms import (
     Activationsd,
@@ -110,16 +112,29 @@ def test_sigmoid_prediction_is_bce_at_the_threshold():
     torch.manual_seed(0)
     logits = torch.randn(2, 1, 5, 5)
     label = (torch.rand(2, 1, 5, 5) > 0.5).float()
-    shifted = SigmoidPrediction(torch.nn.Identity(), SimpleInferer(), threshold=0.3)(logits)
+    shifted = SigmoidPrediction(torch.nn.Identity(), threshold=0.3)(logits)
     assert torch.equal(shifted >= 0, torch.sigmoid(logits) >= 0.3)  # what the evaluator scores as foreground
     expected = F.binary_cross_entropy_with_logits(logits - torch.logit(torch.tensor(0.3)), label, reduction="sum")
     assert summed_cross_entropy(shifted, label) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(InputError, match="multi-label"):  # without multi_label (e.g. the certificate's argmax)
-        SigmoidPrediction(torch.nn.Identity(), SimpleInferer())(torch.randn(1, 3, 5, 5))
+        SigmoidPrediction(torch.nn.Identity())(torch.randn(1, 3, 5, 5))
     several = torch.randn(1, 3, 5, 5)  # multi-label: every channel shifted by the same threshold
-    multi = SigmoidPrediction(torch.nn.Identity(), SimpleInferer(), 0.3, multi_label=True)
+    multi = SigmoidPrediction(torch.nn.Identity(), 0.3, multi_label=True)
     assert torch.equal(multi(several) >= 0, several.sigmoid() >= 0.3)
     assert PredictionRule("sigmoid", 0.3).multi_label and not PredictionRule("softmax").multi_label
+
+
+def test_the_threshold_shift_per_window_is_the_shift_of_the_stitched_logits():
+    torch.manual_seed(0)
+    network = UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    image = torch.rand(1, 1, 20, 18, 13)
+    shifted = SigmoidPrediction(network, 0.3, multi_label=True)
+    for mode in ("constant", "gaussian"):
+        inferer = SlidingWindowInferer(roi_size=(12, 12, 8), sw_batch_size=2, overlap=0.5, mode=mode)
+        with torch.no_grad():
+            outside = inferer(image, network) - math.log(0.3 / 0.7)
+            inside = inferer(image, shifted)
+        assert torch.allclose(inside, outside, atol=1e-6)
 
 
 def test_sigmoid_bundle_runs_through_the_evaluator():
@@ -127,8 +142,8 @@ def test_sigmoid_bundle_runs_through_the_evaluator():
     network = UNet(2, 1, 1, channels=(4, 8), strides=(2,), num_res_units=0)
     data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
     rule = PredictionRule("sigmoid", 0.7)
-    wrapped = rule.network(network, SimpleInferer())
-    evaluator = RobustnessEvaluator("cpu", data, wrapped, epsilons=[8], inferer=rule.inferer(None), progress=False)
+    wrapped = rule.network(network)
+    evaluator = RobustnessEvaluator("cpu", data, wrapped, epsilons=[8], inferer=SimpleInferer(), progress=False)
     evaluator.run()
     clean, attacked = evaluator.results["metrics"]
     assert attacked["mean_dice"] <= clean["mean_dice"]
