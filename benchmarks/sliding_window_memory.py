@@ -4,21 +4,23 @@ Model: the MONAI model zoo's spleen_ct_segmentation 3D UNet, built from its ``co
 (``../shared/zoo``; the same arguments are kept below for machines without that folder), random weights (seed 0),
 eval mode. Inferer: ``SlidingWindowInferer(roi 96^3, overlap 0.5)`` as in that bundle, with ``sw_batch_size`` 1 and
 4 (the bundle's); naive = MONAI's inferer differentiated directly, streamed =
-:class:`monai_advseg.inferers.StreamedSlidingWindowInferer` (its default ``gradient_batch_size`` 1: the backward
-recomputes one window at a time whatever ``sw_batch_size``; ``--gradient-batch-size 0`` recomputes
+:class:`monai_advseg.inferers.StreamedSlidingWindowInferer` (its default ``gradient_batch_size`` 2: the backward
+recomputes at most two windows at a time whatever ``sw_batch_size``; ``--gradient-batch-size 0`` recomputes
 ``sw_batch_size``). One attack step = the attack core's forward + input-only backward
 (``monai_advseg.attacks.gradient.input_gradient``, summed cross-entropy to random labels) of one volume
 ``1x1xHxWxD``.
 
 Memory: the peak bytes of live tensors over the step above what was allocated before it. On the CPU that is counted
-from the allocation events of ``torch.profiler`` (``profile_memory=True``) over a second, profiled step (the first is
-timed without the profiler, which adds about 15 % to a step); on CUDA it is ``torch.cuda.max_memory_allocated``
-after a warm-up step, with synchronised times. On the CPU each case runs in a fresh process, and the growth of
-``ru_maxrss`` over the first step is printed beside it ("RSS"): what the process really held, which also counts
-freed buffers that glibc keeps resident in its heap (transparent huge pages make the resident size of a reused process
-meaningless, hence the fresh process; glibc's dynamic mmap threshold keeps freed buffers of up to 32 MiB in the heap,
-so the RSS grows with the number of windows recomputed even where the tensors do not; ``--mmap-threshold 1048576``
-fixes the threshold and the RSS follows the tensors more closely, at some cost in time).
+from the allocation events of ``torch.profiler`` (``profile_memory=True``) over a second, profiled step (the profiler
+adds about 15 % to a step, so that one is not timed); the time is the median of ``--repeats`` (3) unprofiled steps,
+the first of them the process's first step (its start-up costs included). On CUDA it is
+``torch.cuda.max_memory_allocated`` after a warm-up step, with synchronised times. On the CPU each case runs in a
+fresh process, and the growth of ``ru_maxrss`` over the first step is printed beside it ("RSS"): what the process
+really held, which also counts freed buffers that glibc keeps resident in its heap (transparent huge pages make the
+resident size of a reused process meaningless, hence the fresh process; glibc's dynamic mmap threshold keeps freed
+buffers of up to 32 MiB in the heap, so the RSS grows with the number of windows recomputed even where the tensors do
+not; ``--mmap-threshold 1048576`` fixes the threshold and the RSS follows the tensors more closely, at some cost in
+time).
 Targets (on the tensor bytes): streamed peak flat in the volume size (within 20 %, where the volume has at least
 ``sw_batch_size`` windows), >= 5x less than naive at 224x224x128, time <= 1.6x naive. The last line is
 ``memory ratio naive/streamed X.XX at <largest volume> (time ratio Y.YY)`` for the largest ``sw_batch_size``.
@@ -104,7 +106,7 @@ def run_case(
     roi: int,
     overlap: float,
     repeats: int,
-    gradient_batch_size: int | None = 1,
+    gradient_batch_size: int | None = 2,
 ) -> dict[str, Any]:
     """One case: build the model and the volume, then measure the attack step's memory growth and time.
 
@@ -184,13 +186,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--sw-batch", nargs="+", type=int, default=[1, 4], help="sw_batch_size values")
     parser.add_argument("--roi", type=int, default=96, help="cubic window side (the bundle's 96)")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap (the bundle's 0.5)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed steps per case (the first is the memory step)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed steps per case, their median is the time (the first: the RSS)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--gradient-batch-size",
         type=int,
-        default=1,
-        help="windows the streamed backward recomputes at once (the inferer's default 1; 0: sw_batch_size)",
+        default=2,
+        help="windows the streamed backward recomputes at once (the inferer's default 2; 0: sw_batch_size)",
     )
     parser.add_argument(
         "--mmap-threshold",
@@ -207,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.case is not None:
         case = json.loads(args.case)
         volume, sw_batch = tuple(case["volume"]), case["sw_batch"]
-        result = run_case(device, case["streamed"], volume, sw_batch, args.roi, args.overlap, 1, gradient_batch)
+        result = run_case(
+            device, case["streamed"], volume, sw_batch, args.roi, args.overlap, args.repeats, gradient_batch
+        )
         print(json.dumps(result))
         return None
     unet_args, source = spleen_unet_args()
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 if device.type == "cpu":
                     case = {"streamed": streamed, "volume": list(volume), "sw_batch": sw_batch}
                     extra = ["--roi", str(args.roi), "--overlap", str(args.overlap)]
-                    extra += ["--gradient-batch-size", str(args.gradient_batch_size)]
+                    extra += ["--gradient-batch-size", str(args.gradient_batch_size), "--repeats", str(args.repeats)]
                     result[streamed] = _in_fresh_process_with(case, args.threads, extra, args.mmap_threshold)
                 else:
                     result[streamed] = run_case(

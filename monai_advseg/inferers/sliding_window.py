@@ -3,12 +3,18 @@
 Differentiating MONAI's ``sliding_window_inference`` directly keeps the autograd graph of every window of the volume
 alive until the backward pass: memory grows with the volume. Here the forward is MONAI's own
 ``sliding_window_inference`` run without autograd (the same output, bit for bit), and the backward recomputes a few
-windows at a time (``gradient_batch_size``, default one) with autograd and back-propagates their share of the output
-gradient into the input. The share of a window is the output gradient over its patch, divided by the count map (the
-sum of the blending weights over all windows, as MONAI normalises) and multiplied by the window's importance map.
-The count map is rebuilt patch by patch from the windows that overlap it (no volume-sized count map). Peak memory is
-then ``gradient_batch_size`` windows' graph plus the output gradient and the input gradient (12 bytes per voxel for
-two float32 classes), whatever the volume size.
+windows at a time (``gradient_batch_size``, default two, at most ``sw_batch_size``) with autograd and back-propagates
+their share of the output gradient into the input. The share of a window is the output gradient over its patch,
+divided by the count map (the sum of the blending weights over all windows, as MONAI normalises) and multiplied by the
+window's importance map. The count map is rebuilt patch by patch from the windows that overlap it (no volume-sized
+count map). Peak memory is then ``gradient_batch_size`` windows' graph plus the output gradient and the input gradient
+(12 bytes per voxel for two float32 classes), whatever the volume size.
+
+Why two: on the CPU, PyTorch runs a batch of one 3D window through its slow native convolution wherever a layer's
+``channels x depth x height`` is small (oneDNN only from two samples on, or above 20480), e.g. the spleen bundle's
+UNet at 96^3 spends 2x longer per window on a batch of one than of two (forward and backward, measured with
+``torch.profiler``: ``slow_conv3d_forward`` against ``mkldnn_convolution``). Two windows at a time keep the backward
+as fast per window as the forward's batches, for one more window's graph.
 
 The streamed backward gives the gradient with respect to the *input only*: the network's parameters receive no
 gradient (their ``.grad`` stays untouched). This is what attacks need; use ``streamed=False`` (MONAI's plain,
@@ -70,7 +76,7 @@ class _WindowPlan:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     check_shape: bool = False
-    gradient_batch_size: int | None = 1
+    gradient_batch_size: int | None = 2
 
     def main_logits(self, window: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The predictor's main logits for a window batch (the first item of a deep-supervision output)."""
@@ -168,7 +174,11 @@ class _WindowPlan:
         source = F.pad(inputs, pad=pad_size, mode=pad_mode, value=self.cval) if padded else inputs
         grad_source = torch.zeros_like(source)
         num_win = len(slices)
-        step = self.sw_batch_size if self.gradient_batch_size is None else self.gradient_batch_size
+        step = (
+            self.sw_batch_size
+            if self.gradient_batch_size is None
+            else min(self.gradient_batch_size, self.sw_batch_size)
+        )
         starts = list(range(0, num_win * batch, step))
         # Last batch first, last window first: the order in which autograd sums the naive path's window gradients
         # (it runs the most recently created nodes first), so overlapping windows add up in the same order whatever
@@ -273,7 +283,7 @@ def streamed_sliding_window_inference(
     with_coord: bool = False,
     *args: Any,
     streamed: bool = True,
-    gradient_batch_size: int | None = 1,
+    gradient_batch_size: int | None = 2,
     **kwargs: Any,
 ) -> torch.Tensor:
     """MONAI's ``sliding_window_inference`` of the main logits, with a streamed (bounded-memory) input gradient.
@@ -296,10 +306,12 @@ def streamed_sliding_window_inference(
         predictor: the network (or callable) applied to each window batch.
         streamed: False gives MONAI's plain differentiable path (gradients also reach the parameters, memory grows
             with the volume).
-        gradient_batch_size: windows recomputed with autograd at once in the streamed backward; None: as many as
-            ``sw_batch_size``. The default 1 bounds the autograd graph at one window whatever ``sw_batch_size``
-            (the forward still runs ``sw_batch_size`` windows at once, without autograd); the windows' gradients
-            are summed in the same order either way.
+        gradient_batch_size: windows recomputed with autograd at once in the streamed backward, at most
+            ``sw_batch_size``; None: ``sw_batch_size``. The default 2 bounds the autograd graph at two windows
+            whatever ``sw_batch_size`` (the forward still runs ``sw_batch_size`` windows at once, without autograd;
+            two, not one, because PyTorch's CPU convolutions are about twice as fast per window from a batch of two
+            on, see the module docstring); 1 holds the least memory. The windows' gradients are summed in the same
+            order either way.
 
     Returns:
         The stitched main logits ``(B, C, *spatial)`` on ``device`` (default: the input's).
@@ -355,9 +367,9 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
     of a deep-supervision output). Its input gradient (any attack differentiating ``inferer(x, network)``) is
     computed by :func:`streamed_sliding_window_inference`: one ``sw_batch_size`` batch of windows in memory at a
     time instead of the whole volume's graph, equal to the naive gradient up to rounding; ``gradient_batch_size``
-    windows (default 1, None: ``sw_batch_size``) are recomputed with autograd at once, so the default holds one
-    window's graph whatever ``sw_batch_size``. Input only: parameters get
-    no gradient; the network must be in eval mode; no double backward. ``streamed=False`` is MONAI's plain path.
+    windows (default 2, at most ``sw_batch_size``; None: ``sw_batch_size``) are recomputed with autograd at once, so
+    the default holds two windows' graph whatever ``sw_batch_size``. Input only: parameters get no gradient; the
+    network must be in eval mode; no double backward. ``streamed=False`` is MONAI's plain path.
 
     Examples::
 
@@ -374,8 +386,8 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
             cache_roi_weight_map, cpu_thresh, buffer_steps, buffer_dim, with_coord: as in MONAI's
             ``SlidingWindowInferer``.
         streamed: stream the input gradient (True) or use MONAI's plain differentiable path (False).
-        gradient_batch_size: windows recomputed with autograd at once in the streamed backward (default 1: one
-            window's graph in memory); None: ``sw_batch_size``.
+        gradient_batch_size: windows recomputed with autograd at once in the streamed backward, at most
+            ``sw_batch_size`` (default 2: two windows' graph in memory; 1: the least memory); None: ``sw_batch_size``.
     """
 
     def __init__(
@@ -396,7 +408,7 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
         buffer_dim: int = -1,
         with_coord: bool = False,
         streamed: bool = True,
-        gradient_batch_size: int | None = 1,
+        gradient_batch_size: int | None = 2,
     ) -> None:
         super().__init__(
             roi_size,
@@ -421,7 +433,7 @@ class StreamedSlidingWindowInferer(SlidingWindowInferer):
 
     @classmethod
     def from_inferer(
-        cls, inferer: SlidingWindowInferer, streamed: bool = True, gradient_batch_size: int | None = 1
+        cls, inferer: SlidingWindowInferer, streamed: bool = True, gradient_batch_size: int | None = 2
     ) -> StreamedSlidingWindowInferer:
         """The streamed inferer with every setting of ``inferer`` (its cached weight map included).
 

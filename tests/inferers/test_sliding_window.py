@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -10,6 +13,9 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from monai_advseg.inferers import StreamedSlidingWindowInferer, streamed_inferer, streamed_sliding_window_inference
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from sliding_window_memory import peak_tensor_bytes  # noqa: E402  (benchmarks/ is not a package; tested there)
 
 ROI = (16, 16, 16)
 
@@ -85,8 +91,8 @@ def test_float32_gradient_is_the_naive_one_bit_for_bit_on_the_cpu():
 @pytest.mark.parametrize("gradient_batch_size", [1, 2, 5, None])
 @pytest.mark.parametrize("mode", ["constant", "gaussian"])
 def test_any_gradient_batch_size_gives_the_naive_gradient(mode, gradient_batch_size):
-    """Windows recomputed 1, 2 or 5 at a time (5 > sw_batch_size, and not dividing the 2 x 12 windows) or in the
-    forward's batches of 3: the same gradient (float64), two images, a volume not divisible by the roi."""
+    """Windows recomputed 1 or 2 at a time, 5 (more than sw_batch_size: capped at its 3) or in the forward's
+    batches of 3 (None): the same gradient (float64), two images, a volume not divisible by the roi."""
     network = _unet()
     image, weight = _case((2, 1, 27, 20, 17), seed=7)
     settings = dict(roi_size=ROI, sw_batch_size=3, overlap=0.5, mode=mode, sigma_scale=0.2)
@@ -290,31 +296,22 @@ def test_the_graph_held_at_once_is_one_window_batch_whatever_the_volume():
     assert naive[1] > 2.5 * naive[0] and naive[1] > 15 * streamed[1]  # the naive graph holds every window
 
 
-def test_the_default_gradient_batch_holds_one_window_whatever_sw_batch_size():
+def test_the_default_gradient_batch_holds_two_windows_at_most_whatever_sw_batch_size():
     network = _unet(dtype=torch.float32)
     shape = (1, 1, 32, 28, 28)
-    one_window = _graph_peak(lambda x, net: net(x), network, (1, 1, *ROI), skip_input=False)
-    for sw_batch_size in (1, 4):
+
+    def windows_graph(count: int) -> int:
+        return _graph_peak(lambda x, net: net(x), network, (count, 1, *ROI), skip_input=False)
+
+    for sw_batch_size, held in ((1, 1), (2, 2), (4, 2)):  # never more than the forward's own batch
         inferer = StreamedSlidingWindowInferer(ROI, sw_batch_size=sw_batch_size, overlap=0.25)
-        assert _graph_peak(inferer, network, shape) == one_window
+        assert _graph_peak(inferer, network, shape) == windows_graph(held)
+    single = StreamedSlidingWindowInferer(ROI, sw_batch_size=4, overlap=0.25, gradient_batch_size=1)
+    assert _graph_peak(single, network, shape) == windows_graph(1)
+    more = StreamedSlidingWindowInferer(ROI, sw_batch_size=2, overlap=0.25, gradient_batch_size=8)
+    assert _graph_peak(more, network, shape) == windows_graph(2)  # capped at sw_batch_size
     batched = StreamedSlidingWindowInferer(ROI, sw_batch_size=4, overlap=0.25, gradient_batch_size=None)
-    assert _graph_peak(batched, network, shape) == _graph_peak(lambda x, net: net(x), network, (4, 1, *ROI), False)
-
-
-def _peak_tensor_bytes(step) -> int:
-    """Peak live bytes of the CPU tensors allocated while ``step()`` runs (the profiler's allocation events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    assert _graph_peak(batched, network, shape) == windows_graph(4)
 
 
 def test_the_streamed_backward_allocates_12_bytes_per_voxel_beyond_the_windows():
@@ -330,7 +327,7 @@ def test_the_streamed_backward_allocates_12_bytes_per_voxel_beyond_the_windows()
         x = torch.rand(shape).requires_grad_(True)
         weight = torch.randn((1, 2, *shape[2:]))
         loss = (inferer(x, network) * weight).sum()  # the product's backward needs only `weight`
-        return _peak_tensor_bytes(lambda: torch.autograd.grad(loss, x))
+        return peak_tensor_bytes(lambda: torch.autograd.grad(loss, x))
 
     small, large = (1, 1, 48, 48, 48), (1, 1, 96, 64, 64)
     per_voxel = (backward_peak(large) - backward_peak(small)) / (torch.Size(large).numel() - torch.Size(small).numel())
