@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from tiny_models import disk_batch, trained_small_unet
 
@@ -16,13 +15,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import certified_results  # noqa: E402  (benchmarks/ is not a package)
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_evaluate_and_render_on_a_tiny_model(tmp_path):

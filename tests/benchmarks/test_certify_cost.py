@@ -6,20 +6,10 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 import certify_cost  # noqa: E402  (benchmarks/ is not a package)
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()  # the benchmark sets its own thread count in this process
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_chunks_are_the_certificates_forwards():

@@ -24,14 +24,6 @@ sys.path.insert(0, str(BENCHMARKS))
 import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    # the benchmarks set their own thread count in this process; the other tests must not inherit it
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_bundle.sh"])
 def test_shell_scripts_parse(script):
     result = subprocess.run(["bash", "-n", str(BENCHMARKS / script)], capture_output=True, text=True)

@@ -18,13 +18,6 @@ import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 import sliding_window_memory  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()  # the benchmark sets its own thread count in this process
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_network_is_the_zoo_bundles_unet():
     path = sliding_window_memory.ZOO_TRAIN
     if not path.is_file():
