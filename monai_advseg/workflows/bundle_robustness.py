@@ -591,7 +591,6 @@ def bundle_robustness(
         InputError: on any bad input (bundle, configs, property ids, network, checkpoint, data, units, attack,
             existing report), before anything is written.
     """
-    from monai_advseg.attacks import PAPER_EPSILON_LEVELS
     from monai_advseg.attacks.specs import build_attack_spec
     from monai_advseg.handlers.certification_report import check_certify_dir
     from monai_advseg.handlers.robustness_report import check_report_dir
@@ -610,7 +609,6 @@ def bundle_robustness(
         _check_certify_arguments(sigma, n0, n, certify_alpha, radii, attack_radii)
         if epsilons is not None:
             raise InputError("--epsilons: not used with --certify (give the certificate's --radii)")
-        epsilons = list(PAPER_EPSILON_LEVELS)  # the sweep's settings stay resolvable; only certify#evaluator runs
     else:
         given = {"--sigma": sigma, "--radii": radii, "--attack_radii": attack_radii}
         stray = [flag for flag, value in given.items() if value is not None]
@@ -629,10 +627,9 @@ def bundle_robustness(
             f"--attack_loss bundle: attack {attack!r} has its own loss(es); the bundle's loss drives "
             "ifgsm_targeted, fgsm, pgd or pgd_l2"
         )
-    default_sweep = epsilons is None
-    if default_sweep:
-        epsilons = list(PAPER_EPSILON_LEVELS)  # in levels whatever --epsilon_unit (which still applies to --alpha)
-    if len(set(epsilons)) != len(list(epsilons)) or not list(epsilons):
+    # None: the overlay's default, the paper's strengths in levels whatever --epsilon_unit (which still applies to
+    # --alpha)
+    if epsilons is not None and (len(set(epsilons)) != len(list(epsilons)) or not list(epsilons)):
         raise InputError(f"--epsilons: {list(epsilons)}: give at least one strength, none twice")
     if max_cases is not None and max_cases < 1:
         raise InputError(f"--max_cases: {max_cases}: expected an integer >= 1")
@@ -669,7 +666,7 @@ def bundle_robustness(
     metadata = parser.get("_meta_", {}) or {}
     parser.update(
         {
-            "robustness#epsilons": [float(e) for e in epsilons],
+            "robustness#epsilons": None if epsilons is None else [float(e) for e in epsilons],
             "robustness#epsilon_unit": epsilon_unit,
             "robustness#alpha": alpha,
             "robustness#attack": attack,
@@ -695,7 +692,7 @@ def bundle_robustness(
                     {"sigma_given": sigma, "radii_given": radii, "attack_radii_given": attack_radii}
                     if certify
                     else {
-                        "epsilons_given": None if default_sweep else sorted(float(e) for e in epsilons),
+                        "epsilons_given": None if epsilons is None else sorted(float(e) for e in epsilons),
                         "alpha_given": alpha,
                     }
                 ),
@@ -703,8 +700,6 @@ def bundle_robustness(
             },
         }
     )
-    if default_sweep and not certify and epsilon_unit != "levels":
-        parser["robustness#levels"] = [float(e) for e in epsilons]  # the paper's levels, not converted from the unit
     if certify:
         parser.update(
             {
